@@ -1,0 +1,264 @@
+//! The command line of CONTRACT §1. Each subcommand prints exactly what the
+//! contract says on stdout; logs and messages go to stderr.
+
+use crate::app::{self, AppState, StartError};
+use crate::config::{Config, ConfigError, Settings};
+use crate::crypto::KeyRing;
+use crate::db::login_tokens::LoginKind;
+use crate::db::tenants;
+use crate::http::pages;
+use crate::{amazon::consent, db};
+use clap::{Parser, Subcommand};
+use secrecy::ExposeSecret;
+
+#[derive(Parser)]
+#[command(
+    name = "sp-broker",
+    version,
+    about = "Amazon SP-API connection broker",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Migrate the database if needed, then serve HTTP until SIGTERM/SIGINT.
+    Serve {
+        #[command(flatten)]
+        settings: Box<Settings>,
+    },
+    /// Apply migrations and exit.
+    Migrate,
+    /// Tenants.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// A one-time link that signs a browser in to a tenant's Settings → Connections.
+    LoginLink {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, default_value = "admin")]
+        user: String,
+        #[arg(long)]
+        email: Option<String>,
+        #[arg(long)]
+        return_to: Option<String>,
+    },
+    /// A one-time link that signs a browser in to the ops dashboard.
+    OpsLink {
+        #[arg(long, default_value = "operator")]
+        user: String,
+    },
+    /// Encryption keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant; prints it as one JSON object.
+    Create {
+        slug: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// One JSON object per line.
+    List,
+}
+
+#[derive(Subcommand)]
+pub enum KeysCommand {
+    /// Print a new random key as KEYID:BASE64.
+    Generate,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error(transparent)]
+    Log(#[from] crate::logging::BadFilter),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) | CliError::Config(_) | CliError::Log(_) => 2,
+            CliError::Start(StartError::Config(_)) => 2,
+            _ => 1,
+        }
+    }
+}
+
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        None => serve(cli.settings).await,
+        Some(Command::Serve { settings }) => serve(*settings).await,
+        Some(Command::Keys(KeysCommand::Generate)) => {
+            println!("{}", KeyRing::generate_key_spec().expose_secret());
+            Ok(())
+        }
+        Some(Command::Migrate) => {
+            let config = Config::from_settings(&cli.settings)?;
+            crate::logging::init(&config.log_filter, config.log_json)?;
+            let pool = db::connect(&config.database_url)
+                .await
+                .map_err(StartError::from)?;
+            db::migrate(&pool).await.map_err(StartError::from)?;
+            Ok(())
+        }
+        Some(command) => {
+            let config = Config::from_settings(&cli.settings)?;
+            crate::logging::init(&config.log_filter, config.log_json)?;
+            let state = app::prepare(config).await?;
+            admin(&state, command).await
+        }
+    }
+}
+
+async fn admin(state: &AppState, command: Command) -> Result<(), CliError> {
+    match command {
+        Command::Tenant(TenantCommand::Create { slug, name }) => {
+            let tenant = create_tenant(state, &slug, name.as_deref()).await?;
+            println!("{}", serde_json::to_string(&tenant).unwrap_or_default());
+        }
+        Command::Tenant(TenantCommand::List) => {
+            for tenant in tenants::list_tenants(&state.db).await? {
+                println!("{}", serde_json::to_string(&tenant).unwrap_or_default());
+            }
+        }
+        Command::LoginLink {
+            tenant,
+            user,
+            email,
+            return_to,
+        } => {
+            let tenant = tenants::find_tenant_by_slug(&state.db, &tenant)
+                .await?
+                .ok_or_else(|| CliError::Usage(format!("--tenant: no tenant `{tenant}`")))?;
+            let return_to = match return_to {
+                Some(raw) => Some(consent::validate_return_to(&state.config, &raw).ok_or_else(|| {
+                    CliError::Usage("--return-to: must be a path on this broker, such as /settings/connections".into())
+                })?),
+                None => None,
+            };
+            let (url, _) = pages::create_login_link(
+                state,
+                LoginKind::Tenant,
+                Some(tenant.id),
+                &user,
+                email.as_deref(),
+                return_to.as_deref(),
+            )
+            .await?;
+            println!("{url}");
+        }
+        Command::OpsLink { user } => {
+            let (url, _) =
+                pages::create_login_link(state, LoginKind::Ops, None, &user, None, None).await?;
+            println!("{url}");
+        }
+        Command::Serve { .. } | Command::Migrate | Command::Keys(_) => {}
+    }
+    Ok(())
+}
+
+pub async fn create_tenant(
+    state: &AppState,
+    slug: &str,
+    name: Option<&str>,
+) -> Result<tenants::Tenant, CliError> {
+    if !tenants::is_valid_slug(slug) {
+        return Err(CliError::Usage(format!(
+            "SLUG: `{slug}` must match ^[a-z0-9][a-z0-9-]{{1,62}}$"
+        )));
+    }
+    match tenants::insert_tenant(&state.db, slug, name.unwrap_or(slug), state.now()).await {
+        Ok(tenant) => Ok(tenant),
+        Err(e) if db::is_unique_violation(&e) => Err(CliError::Usage(format!(
+            "SLUG: tenant `{slug}` already exists"
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn serve(settings: Settings) -> Result<(), CliError> {
+    let config = Config::from_settings(&settings)?;
+    crate::logging::init(&config.log_filter, config.log_json)?;
+    let listen = config.listen;
+    let state = app::prepare(config).await?;
+    if state.config.is_sandbox() {
+        first_run_in_sandbox(&state).await?;
+    }
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: listen,
+            source,
+        })?;
+    tracing::info!(addr = %listen, public_url = %state.config.public_url, mode = ?state.config.mode, "sp-broker serving");
+    app::serve(listener, state, shutdown_signal()).await?;
+    tracing::info!("sp-broker stopped");
+    Ok(())
+}
+
+/// Sandbox mode on a fresh database: a `demo` tenant and a login link for it,
+/// so a newcomer can click through the whole flow at once.
+async fn first_run_in_sandbox(state: &AppState) -> Result<(), CliError> {
+    let tenant = match tenants::find_tenant_by_slug(&state.db, "demo").await? {
+        Some(t) => t,
+        None if tenants::list_tenants(&state.db).await?.is_empty() => {
+            create_tenant(state, "demo", Some("Demo tenant")).await?
+        }
+        None => return Ok(()),
+    };
+    let (url, _) = pages::create_login_link(
+        state,
+        LoginKind::Tenant,
+        Some(tenant.id),
+        "demo-user",
+        None,
+        None,
+    )
+    .await?;
+    eprintln!(
+        "\n  sp-broker is running against the SANDBOX Amazon (no real seller data).\n  \
+         Open this one-time link (valid 10 minutes) to see Settings → Connections for tenant `{}`:\n\n    {url}\n\n  \
+         New link: sp-broker login-link --tenant {}\n",
+        tenant.slug, tenant.slug
+    );
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = terminate => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,505 @@
+//! Typed settings, read from the environment (each also a `--flag` on `serve`)
+//! and validated once at start. A bad setting is a [`ConfigError`] naming the
+//! variable and why; `main` turns it into exit code 2.
+//!
+//! Secrets (client secrets, encryption keys) are held as [`SecretString`] and
+//! never appear in `Debug` output.
+
+use crate::amazon::marketplaces::Region;
+use crate::crypto::{KeyConfigError, KeyRing};
+use secrecy::{ExposeSecret, SecretString};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use url::Url;
+
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/sp_broker";
+
+/// The raw settings as given. Deliberately not `Debug`: it holds secrets.
+#[derive(clap::Args, Clone, Default)]
+pub struct Settings {
+    /// PostgreSQL URL (created if missing).
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
+    pub database_url: String,
+    /// Address to bind.
+    #[arg(long, env = "SP_BROKER_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// External base URL.
+    #[arg(
+        long,
+        env = "SP_BROKER_PUBLIC_URL",
+        default_value = "http://localhost:8080"
+    )]
+    pub public_url: String,
+    /// `sandbox` or `live`.
+    #[arg(long, env = "SP_BROKER_AMAZON")]
+    pub amazon: Option<String>,
+    #[arg(long, env = "SP_BROKER_APP_ID")]
+    pub app_id: Option<String>,
+    #[arg(long, env = "SP_BROKER_LWA_CLIENT_ID")]
+    pub lwa_client_id: Option<String>,
+    #[arg(long, env = "SP_BROKER_LWA_CLIENT_SECRET", hide_env_values = true)]
+    pub lwa_client_secret: Option<String>,
+    #[arg(
+        long,
+        env = "SP_BROKER_LWA_CLIENT_SECRET_PREVIOUS",
+        hide_env_values = true
+    )]
+    pub lwa_client_secret_previous: Option<String>,
+    /// `true` adds `version=beta` to consent URLs.
+    #[arg(long, env = "SP_BROKER_APP_DRAFT", default_value = "false")]
+    pub app_draft: String,
+    /// Comma-separated `KEYID:BASE64`; the first is active.
+    #[arg(long, env = "SP_BROKER_ENCRYPTION_KEYS", hide_env_values = true)]
+    pub encryption_keys: Option<String>,
+    #[arg(long, env = "SP_BROKER_LWA_TOKEN_URL")]
+    pub lwa_token_url: Option<String>,
+    #[arg(long, env = "SP_BROKER_SELLER_CENTRAL_URL")]
+    pub seller_central_url: Option<String>,
+    #[arg(long, env = "SP_BROKER_SPAPI_URL")]
+    pub spapi_url: Option<String>,
+    /// tracing filter.
+    #[arg(long, env = "SP_BROKER_LOG", default_value = "info")]
+    pub log: String,
+    /// `json` for JSON lines.
+    #[arg(long, env = "SP_BROKER_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}: {reason}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub reason: String,
+}
+
+fn bad(variable: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        variable,
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AmazonMode {
+    Sandbox,
+    Live,
+}
+
+/// Where the encryption keys come from.
+pub enum KeySource {
+    Configured(SecretString),
+    /// Sandbox only: a generated development key kept in this file.
+    DevFile(PathBuf),
+}
+
+/// Validated configuration.
+pub struct Config {
+    pub database_url: String,
+    pub listen: SocketAddr,
+    /// Without a trailing slash, e.g. `http://localhost:8080`.
+    pub public_url: String,
+    pub is_https: bool,
+    pub mode: AmazonMode,
+    pub app_id: String,
+    pub lwa_client_id: String,
+    /// The current secret first, then the previous one if configured.
+    pub lwa_client_secrets: Vec<SecretString>,
+    pub app_draft: bool,
+    pub keys: KeySource,
+    pub lwa_token_url: Url,
+    /// One base URL used instead of every Seller/Vendor Central URL.
+    pub seller_central_override: Option<Url>,
+    /// One base URL used instead of every regional SP-API endpoint.
+    pub spapi_override: Option<Url>,
+    pub log_filter: String,
+    pub log_json: bool,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("public_url", &self.public_url)
+            .field("mode", &self.mode)
+            .field("app_id", &self.app_id)
+            .field("lwa_client_id", &self.lwa_client_id)
+            .field("lwa_client_secrets", &self.lwa_client_secrets.len())
+            .field("app_draft", &self.app_draft)
+            .field("lwa_token_url", &self.lwa_token_url.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Identifiers the sandbox Amazon issues to itself, used when no real ones are set.
+pub const SANDBOX_APP_ID: &str = "amzn1.sp.solution.sp-broker-sandbox";
+pub const SANDBOX_CLIENT_ID: &str = "amzn1.application-oa2-client.sp-broker-sandbox";
+pub const SANDBOX_CLIENT_SECRET: &str = "sandbox-client-secret";
+
+fn non_empty(value: &Option<String>) -> Option<&str> {
+    value.as_deref().map(str::trim).filter(|v| !v.is_empty())
+}
+
+fn parse_base_url(variable: &'static str, raw: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(raw.trim()).map_err(|e| bad(variable, format!("not a URL ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(bad(variable, "must be an http:// or https:// URL"));
+    }
+    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        return Err(bad(
+            variable,
+            "must not carry a query, a fragment or credentials",
+        ));
+    }
+    Ok(url)
+}
+
+/// `base` joined with `path`, keeping any path `base` already has.
+pub fn join_url(base: &Url, path: &str) -> String {
+    format!("{}{}", base.as_str().trim_end_matches('/'), path)
+}
+
+impl Config {
+    pub fn from_settings(settings: &Settings) -> Result<Config, ConfigError> {
+        let listen: SocketAddr = settings.listen.trim().parse().map_err(|_| {
+            bad(
+                "SP_BROKER_LISTEN",
+                format!(
+                    "`{}` is not an address such as 127.0.0.1:8080",
+                    settings.listen
+                ),
+            )
+        })?;
+
+        let public = parse_base_url("SP_BROKER_PUBLIC_URL", &settings.public_url)?;
+        if public.path() != "/" {
+            return Err(bad(
+                "SP_BROKER_PUBLIC_URL",
+                "must be an origin without a path, e.g. https://broker.example.com",
+            ));
+        }
+        let public_url = public.as_str().trim_end_matches('/').to_owned();
+        let is_https = public.scheme() == "https";
+
+        let client_id = non_empty(&settings.lwa_client_id);
+        let mode = match non_empty(&settings.amazon) {
+            None if client_id.is_none() => AmazonMode::Sandbox,
+            None => AmazonMode::Live,
+            Some("sandbox") => AmazonMode::Sandbox,
+            Some("live") => AmazonMode::Live,
+            Some(other) => {
+                return Err(bad(
+                    "SP_BROKER_AMAZON",
+                    format!("`{other}` is neither `sandbox` nor `live`"),
+                ))
+            }
+        };
+
+        let app_draft = match settings.app_draft.trim() {
+            "true" | "1" => true,
+            "false" | "0" | "" => false,
+            other => {
+                return Err(bad(
+                    "SP_BROKER_APP_DRAFT",
+                    format!("`{other}` is neither `true` nor `false`"),
+                ))
+            }
+        };
+
+        let live = mode == AmazonMode::Live;
+        let app_id = match (non_empty(&settings.app_id), live) {
+            (Some(id), _) => id.to_owned(),
+            (None, true) => return Err(bad("SP_BROKER_APP_ID", "required in live mode")),
+            (None, false) => SANDBOX_APP_ID.to_owned(),
+        };
+        if !(app_id.starts_with("amzn1.sp.solution.")
+            || app_id.starts_with("amzn1.sellerapps.app."))
+        {
+            return Err(bad(
+                "SP_BROKER_APP_ID",
+                "must start with amzn1.sp.solution. or amzn1.sellerapps.app.",
+            ));
+        }
+        let lwa_client_id = match (client_id, live) {
+            (Some(id), _) => id.to_owned(),
+            (None, true) => return Err(bad("SP_BROKER_LWA_CLIENT_ID", "required in live mode")),
+            (None, false) => SANDBOX_CLIENT_ID.to_owned(),
+        };
+        let mut lwa_client_secrets = Vec::new();
+        match (non_empty(&settings.lwa_client_secret), live) {
+            (Some(secret), _) => lwa_client_secrets.push(SecretString::from(secret.to_owned())),
+            (None, true) => {
+                return Err(bad("SP_BROKER_LWA_CLIENT_SECRET", "required in live mode"))
+            }
+            (None, false) => lwa_client_secrets.push(SecretString::from(SANDBOX_CLIENT_SECRET)),
+        }
+        if let Some(previous) = non_empty(&settings.lwa_client_secret_previous) {
+            lwa_client_secrets.push(SecretString::from(previous.to_owned()));
+        }
+
+        let keys = match (non_empty(&settings.encryption_keys), live) {
+            (Some(spec), _) => {
+                let spec = SecretString::from(spec.to_owned());
+                KeyRing::parse(&spec)
+                    .map_err(|e| bad("SP_BROKER_ENCRYPTION_KEYS", e.to_string()))?;
+                KeySource::Configured(spec)
+            }
+            (None, true) => {
+                return Err(bad(
+                    "SP_BROKER_ENCRYPTION_KEYS",
+                    "required in live mode (generate one with `sp-broker keys generate`)",
+                ))
+            }
+            (None, false) => KeySource::DevFile(PathBuf::from(".sp-broker/dev-keys")),
+        };
+
+        let sandbox_base = format!("{public_url}/sandbox");
+        let lwa_token_url = match non_empty(&settings.lwa_token_url) {
+            Some(raw) => parse_base_url("SP_BROKER_LWA_TOKEN_URL", raw)?,
+            None if live => parse_base_url(
+                "SP_BROKER_LWA_TOKEN_URL",
+                "https://api.amazon.com/auth/o2/token",
+            )?,
+            None => parse_base_url(
+                "SP_BROKER_LWA_TOKEN_URL",
+                &format!("{sandbox_base}/auth/o2/token"),
+            )?,
+        };
+        let seller_central_override = match non_empty(&settings.seller_central_url) {
+            Some(raw) => Some(parse_base_url("SP_BROKER_SELLER_CENTRAL_URL", raw)?),
+            None if live => None,
+            None => Some(parse_base_url(
+                "SP_BROKER_SELLER_CENTRAL_URL",
+                &sandbox_base,
+            )?),
+        };
+        let spapi_override = match non_empty(&settings.spapi_url) {
+            Some(raw) => Some(parse_base_url("SP_BROKER_SPAPI_URL", raw)?),
+            None if live => None,
+            None => Some(parse_base_url("SP_BROKER_SPAPI_URL", &sandbox_base)?),
+        };
+
+        let log_json = match settings.log_format.trim() {
+            "json" => true,
+            "text" | "" => false,
+            other => {
+                return Err(bad(
+                    "SP_BROKER_LOG_FORMAT",
+                    format!("`{other}` is neither `json` nor `text`"),
+                ))
+            }
+        };
+
+        Ok(Config {
+            database_url: settings.database_url.trim().to_owned(),
+            listen,
+            public_url,
+            is_https,
+            mode,
+            app_id,
+            lwa_client_id,
+            lwa_client_secrets,
+            app_draft,
+            keys,
+            lwa_token_url,
+            seller_central_override,
+            spapi_override,
+            log_filter: settings.log.clone(),
+            log_json,
+        })
+    }
+
+    pub fn is_sandbox(&self) -> bool {
+        self.mode == AmazonMode::Sandbox
+    }
+
+    pub fn redirect_uri(&self) -> String {
+        format!("{}/oauth/amazon/callback", self.public_url)
+    }
+
+    pub fn spapi_endpoint(&self, region: Region) -> String {
+        match &self.spapi_override {
+            Some(url) => url.as_str().trim_end_matches('/').to_owned(),
+            None => region.spapi_endpoint().to_owned(),
+        }
+    }
+
+    /// Loads the key ring: the configured keys, or (sandbox only) the development
+    /// key file, created with a fresh key on first use.
+    pub fn load_key_ring(&self) -> Result<KeyRing, ConfigError> {
+        match &self.keys {
+            KeySource::Configured(spec) => {
+                KeyRing::parse(spec).map_err(|e| bad("SP_BROKER_ENCRYPTION_KEYS", e.to_string()))
+            }
+            KeySource::DevFile(path) => load_or_create_dev_keys(path),
+        }
+    }
+}
+
+fn load_or_create_dev_keys(path: &Path) -> Result<KeyRing, ConfigError> {
+    let variable = "SP_BROKER_ENCRYPTION_KEYS";
+    let spec = match std::fs::read_to_string(path) {
+        Ok(text) => SecretString::from(text.trim().to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let spec = KeyRing::generate_key_spec();
+            write_private_file(path, spec.expose_secret()).map_err(|e| {
+                bad(
+                    variable,
+                    format!(
+                        "unset, and the development key file {} cannot be written: {e}",
+                        path.display()
+                    ),
+                )
+            })?;
+            spec
+        }
+        Err(e) => {
+            return Err(bad(
+                variable,
+                format!(
+                    "unset, and the development key file {} cannot be read: {e}",
+                    path.display()
+                ),
+            ))
+        }
+    };
+    tracing::warn!(
+        file = %path.display(),
+        "SANDBOX MODE: SP_BROKER_ENCRYPTION_KEYS is unset, so stored secrets are sealed with a \
+         development key kept in this file. Never use it for real sellers' tokens."
+    );
+    KeyRing::parse(&spec).map_err(|e: KeyConfigError| {
+        bad(
+            variable,
+            format!(
+                "the development key file {} is damaged: {e}",
+                path.display()
+            ),
+        )
+    })
+}
+
+fn write_private_file(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.write_all(b"\n")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings {
+            database_url: DEFAULT_DATABASE_URL.into(),
+            listen: "127.0.0.1:8080".into(),
+            public_url: "http://localhost:8080".into(),
+            app_draft: "false".into(),
+            log: "info".into(),
+            log_format: "text".into(),
+            ..Settings::default()
+        }
+    }
+
+    #[test]
+    fn sandbox_is_the_default_and_points_at_itself() {
+        let config = Config::from_settings(&settings()).unwrap();
+        assert!(config.is_sandbox());
+        assert_eq!(
+            config.lwa_token_url.as_str(),
+            "http://localhost:8080/sandbox/auth/o2/token"
+        );
+        assert_eq!(
+            config.spapi_endpoint(Region::Eu),
+            "http://localhost:8080/sandbox"
+        );
+        assert_eq!(
+            config.redirect_uri(),
+            "http://localhost:8080/oauth/amazon/callback"
+        );
+    }
+
+    #[test]
+    fn live_mode_names_each_missing_setting() {
+        let mut s = settings();
+        s.lwa_client_id = Some("amzn1.application-oa2-client.x".into());
+        let err = Config::from_settings(&s).err().unwrap();
+        assert_eq!(err.variable, "SP_BROKER_APP_ID");
+        s.app_id = Some("amzn1.sp.solution.abc".into());
+        assert_eq!(
+            Config::from_settings(&s).err().unwrap().variable,
+            "SP_BROKER_LWA_CLIENT_SECRET"
+        );
+        s.lwa_client_secret = Some("secret".into());
+        assert_eq!(
+            Config::from_settings(&s).err().unwrap().variable,
+            "SP_BROKER_ENCRYPTION_KEYS"
+        );
+        s.encryption_keys = Some("k:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into());
+        let config = Config::from_settings(&s).unwrap();
+        assert_eq!(config.mode, AmazonMode::Live);
+        assert_eq!(
+            config.lwa_token_url.as_str(),
+            "https://api.amazon.com/auth/o2/token"
+        );
+        assert_eq!(
+            config.spapi_endpoint(Region::Fe),
+            "https://sellingpartnerapi-fe.amazon.com"
+        );
+        assert!(!format!("{config:?}").contains("secret\""));
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_their_variable() {
+        for (edit, variable) in [
+            (
+                Box::new(|s: &mut Settings| s.listen = "nope".into()) as Box<dyn Fn(&mut Settings)>,
+                "SP_BROKER_LISTEN",
+            ),
+            (
+                Box::new(|s: &mut Settings| s.public_url = "ftp://x".into()),
+                "SP_BROKER_PUBLIC_URL",
+            ),
+            (
+                Box::new(|s: &mut Settings| s.public_url = "https://x/base".into()),
+                "SP_BROKER_PUBLIC_URL",
+            ),
+            (
+                Box::new(|s: &mut Settings| s.amazon = Some("prod".into())),
+                "SP_BROKER_AMAZON",
+            ),
+            (
+                Box::new(|s: &mut Settings| s.app_draft = "yes".into()),
+                "SP_BROKER_APP_DRAFT",
+            ),
+            (
+                Box::new(|s: &mut Settings| s.app_id = Some("my-app".into())),
+                "SP_BROKER_APP_ID",
+            ),
+            (
+                Box::new(|s: &mut Settings| s.encryption_keys = Some("k:short".into())),
+                "SP_BROKER_ENCRYPTION_KEYS",
+            ),
+            (
+                Box::new(|s: &mut Settings| s.log_format = "xml".into()),
+                "SP_BROKER_LOG_FORMAT",
+            ),
+        ] {
+            let mut s = settings();
+            edit(&mut s);
+            assert_eq!(Config::from_settings(&s).err().unwrap().variable, variable);
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! HTTP: the router, security headers on every response, request logging
+//! (method, route template, status, latency, request id; never a query string
+//! or an `Authorization` header), health and readiness.
+
+pub mod oauth;
+pub mod pages;
+
+use crate::app::AppState;
+use crate::config::Config;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use std::time::Instant;
+use tower_sessions::cookie::SameSite;
+use tower_sessions::{Expiry, SessionManagerLayer};
+use tracing::Instrument;
+
+pub const SESSION_COOKIE: &str = "sp_broker_session";
+
+/// Headers set on every response (HTML pages, errors and API alike).
+pub struct SecurityHeaders {
+    csp: HeaderValue,
+    hsts: Option<HeaderValue>,
+}
+
+impl SecurityHeaders {
+    pub fn new(config: &Config) -> Self {
+        // form-action must allow the redirect that follows the Connect form:
+        // browsers check redirect targets of a form submission too.
+        let mut form_action = String::from("'self'");
+        for origin in crate::amazon::consent::consent_origins(config) {
+            form_action.push(' ');
+            form_action.push_str(&origin);
+        }
+        let csp = format!(
+            "default-src 'none'; style-src 'self'; img-src 'self'; form-action {form_action}; \
+             frame-ancestors 'none'; base-uri 'none'"
+        );
+        SecurityHeaders {
+            csp: HeaderValue::from_str(&csp)
+                .unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'")),
+            hsts: config
+                .is_https
+                .then(|| HeaderValue::from_static("max-age=31536000; includeSubDomains")),
+        }
+    }
+}
+
+async fn security_headers(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_SECURITY_POLICY, state.headers.csp.clone());
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    if let Some(hsts) = &state.headers.hsts {
+        headers.insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+    }
+    response
+}
+
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// One span and one log line per request. The path is the route template
+/// (`/login/{token}`), so no token or query string ever reaches a log.
+async fn log_requests(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "(unmatched)".to_owned());
+    let method = request.method().clone();
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let span = tracing::info_span!("request", id = %request_id, %method, route = %route);
+    let mut response = next.run(request).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    let latency_us = started.elapsed().as_micros() as u64;
+    span.in_scope(|| tracing::info!(status, latency_us, "request served"));
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID.clone(), value);
+    }
+    response
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.is_shutting_down() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    }
+    match crate::db::migrations_applied(&state.db).await {
+        Ok(true) => (StatusCode::OK, "ready").into_response(),
+        Ok(false) => (StatusCode::SERVICE_UNAVAILABLE, "migrations pending").into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response(),
+    }
+}
+
+async fn stylesheet() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        include_str!("../../templates/app.css"),
+    )
+}
+
+pub fn router(state: AppState) -> Router {
+    let sessions =
+        SessionManagerLayer::new(crate::db::sessions::PgSessionStore::new(state.db.clone()))
+            .with_name(SESSION_COOKIE)
+            .with_http_only(true)
+            .with_same_site(SameSite::Lax)
+            .with_secure(state.config.is_https)
+            .with_path("/")
+            .with_expiry(Expiry::OnInactivity(pages::SESSION_IDLE_TIMEOUT));
+
+    let browser = Router::new()
+        .route("/login/{token}", get(pages::login))
+        .route(
+            "/settings/connections",
+            get(pages::connections::connections_page),
+        )
+        .route("/settings/connections/connect", post(oauth::connect_post))
+        .route(
+            "/settings/connections/{id}/reconnect",
+            post(oauth::reconnect_post),
+        )
+        .route(
+            "/settings/connections/{id}/disconnect",
+            post(pages::connections::disconnect_post),
+        )
+        .route("/oauth/amazon/callback", get(oauth::callback))
+        .route("/oauth/amazon/login", get(oauth::login_uri))
+        .layer(sessions);
+
+    let mut router = Router::new()
+        .merge(browser)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/static/app.css", get(stylesheet));
+    if state.config.is_sandbox() {
+        router = router.nest("/sandbox", crate::sandbox::router());
+    }
+    router
+        .fallback(pages::not_found)
+        .layer(middleware::from_fn(log_requests))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            security_headers,
+        ))
+        .with_state(state)
+}

@@ -1,0 +1,227 @@
+//! Settings → Connections: the page, and Disconnect.
+
+use super::{render, set_flash, take_flash, Flash, PageError, SignedIn};
+use crate::amazon::marketplaces::{self, Region, MARKETPLACES};
+use crate::app::AppState;
+use crate::db::audit::{self, AuditTarget};
+use crate::db::connections::{self, ConnectionRow};
+use crate::db::tenants;
+use askama::Template;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{Redirect, Response};
+use axum::Form;
+use serde::Deserialize;
+use time::{Duration, OffsetDateTime};
+use uuid::Uuid;
+
+/// Amazon asks sellers to re-authorize public apps every 365 days.
+pub const AUTHORIZATION_LIFETIME: Duration = Duration::days(365);
+
+pub struct MarketplaceOption {
+    pub id: &'static str,
+    pub country: &'static str,
+    pub selected: bool,
+}
+
+pub struct MarketplaceGroup {
+    pub label: &'static str,
+    pub options: Vec<MarketplaceOption>,
+}
+
+pub struct ConnectionView {
+    pub id: Uuid,
+    pub selling_partner_id: String,
+    pub store_name: Option<String>,
+    pub status: String,
+    pub status_label: &'static str,
+    pub status_explanation: String,
+    pub account_type_label: &'static str,
+    pub region_label: &'static str,
+    pub marketplace_label: String,
+    pub authorized_at: String,
+    pub authorization_expires_at: String,
+    pub last_refresh_at: String,
+    pub last_error: String,
+}
+
+#[derive(Template)]
+#[template(path = "connections.html")]
+struct ConnectionsPage {
+    tenant_name: String,
+    csrf_token: String,
+    flash: Option<Flash>,
+    marketplace_groups: Vec<MarketplaceGroup>,
+    connections: Vec<ConnectionView>,
+}
+
+pub fn human_time(at: Option<OffsetDateTime>) -> String {
+    const FORMAT: &[time::format_description::FormatItem<'_>] =
+        time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] UTC");
+    match at {
+        Some(at) => at
+            .to_offset(time::UtcOffset::UTC)
+            .format(FORMAT)
+            .unwrap_or_default(),
+        None => "—".to_owned(),
+    }
+}
+
+fn marketplace_label(id: &str) -> String {
+    marketplaces::find(id)
+        .map(|m| format!("{} ({})", m.country, m.id))
+        .unwrap_or_else(|| id.to_owned())
+}
+
+fn view(row: ConnectionRow, now: OffsetDateTime) -> ConnectionView {
+    let expires = row.authorized_at.map(|at| at + AUTHORIZATION_LIFETIME);
+    let (status_label, status_explanation) = match row.status.as_str() {
+        "active" => match expires {
+            Some(at) if at - now <= Duration::days(30) => (
+                "Connected",
+                format!(
+                    "Working. Amazon asks you to renew this authorization by {}: click Reconnect before then.",
+                    human_time(Some(at))
+                ),
+            ),
+            _ => ("Connected", "Working. Nothing to do.".to_owned()),
+        },
+        "needs_reauth" => (
+            "Needs reconnecting",
+            "Amazon no longer accepts this authorization (it was revoked or has expired). Click Reconnect and approve access again on Amazon.".to_owned(),
+        ),
+        _ => (
+            "Disconnected",
+            "Disconnected: we erased its access. Click Reconnect to connect it again.".to_owned(),
+        ),
+    };
+    let region_label = row
+        .region
+        .parse::<Region>()
+        .map(Region::label)
+        .unwrap_or("Unknown region");
+    let last_error = match (&row.last_error_message, row.last_error_at) {
+        (Some(message), at) => format!("{message} ({})", human_time(at)),
+        _ => "None".to_owned(),
+    };
+    ConnectionView {
+        id: row.id,
+        selling_partner_id: row.selling_partner_id,
+        store_name: row.store_name,
+        status: row.status,
+        status_label,
+        status_explanation,
+        account_type_label: if row.account_type == "vendor" {
+            "Vendor"
+        } else {
+            "Seller"
+        },
+        region_label,
+        marketplace_label: marketplace_label(&row.marketplace_id),
+        authorized_at: human_time(row.authorized_at),
+        authorization_expires_at: human_time(expires),
+        last_refresh_at: human_time(row.last_refresh_at),
+        last_error,
+    }
+}
+
+fn marketplace_groups(selected: &str) -> Vec<MarketplaceGroup> {
+    Region::ALL
+        .iter()
+        .map(|region| MarketplaceGroup {
+            label: region.label(),
+            options: MARKETPLACES
+                .iter()
+                .filter(|m| m.region == *region)
+                .map(|m| MarketplaceOption {
+                    id: m.id,
+                    country: m.country,
+                    selected: m.id == selected,
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// `GET /settings/connections`
+pub async fn connections_page(
+    State(state): State<AppState>,
+    signed_in: SignedIn,
+) -> Result<Response, PageError> {
+    let tenant = tenants::find_tenant(&state.db, signed_in.tenant_id)
+        .await?
+        .ok_or_else(PageError::not_signed_in)?;
+    let now = state.now();
+    let rows = connections::list_for_tenant(&state.db, tenant.id).await?;
+    let flash = take_flash(&signed_in.session).await?;
+    let selected = tenant
+        .last_marketplace_id
+        .as_deref()
+        .unwrap_or(marketplaces::DEFAULT_MARKETPLACE_ID);
+    render(&ConnectionsPage {
+        tenant_name: tenant.name,
+        csrf_token: signed_in.auth.csrf_token.clone(),
+        flash,
+        marketplace_groups: marketplace_groups(selected),
+        connections: rows.into_iter().map(|r| view(r, now)).collect(),
+    })
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    pub csrf_token: String,
+}
+
+pub fn connection_not_found() -> PageError {
+    PageError::new(
+        StatusCode::NOT_FOUND,
+        "Connection not found",
+        "This connection does not exist in your account, so nothing was changed.",
+    )
+    .link("/settings/connections", "Back to Connections")
+}
+
+/// `POST /settings/connections/{id}/disconnect`
+pub async fn disconnect_post(
+    State(state): State<AppState>,
+    signed_in: SignedIn,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Result<Response, PageError> {
+    signed_in.check_form(&state, &headers, &form.csrf_token)?;
+    let id = Uuid::parse_str(&id).map_err(|_| connection_not_found())?;
+    let now = state.now();
+    let mut tx = state.db.begin().await?;
+    let Some(row) = connections::find_for_tenant(&mut *tx, signed_in.tenant_id, id).await? else {
+        return Err(connection_not_found());
+    };
+    connections::disconnect(&mut *tx, signed_in.tenant_id, id, now).await?;
+    audit::record(
+        &mut *tx,
+        now,
+        &signed_in.actor(),
+        "connection.disconnected",
+        AuditTarget {
+            tenant_id: Some(signed_in.tenant_id),
+            connection_id: Some(id),
+        },
+        serde_json::json!({ "previous_status": row.status }),
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(connection = %id, "connection disconnected; stored tokens erased");
+    set_flash(
+        &signed_in.session,
+        "success",
+        format!(
+            "Disconnected {}. We erased its stored access; the app can no longer act for this account.",
+            row.selling_partner_id
+        ),
+    )
+    .await?;
+    Ok(axum::response::IntoResponse::into_response(Redirect::to(
+        "/settings/connections",
+    )))
+}

@@ -1,0 +1,18 @@
+//! sp-broker: an Amazon Selling Partner API connection broker.
+//!
+//! Start at `migrations/`, then [`app`] (state, router, serve), then
+//! [`authorization`] (the consent flow) and [`crypto`] (how secrets are sealed).
+
+pub mod amazon;
+pub mod app;
+pub mod authorization;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod crypto;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod logging;
+pub mod sandbox;
+pub mod secrets;
