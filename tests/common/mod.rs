@@ -1,0 +1,376 @@
+//! Test harness: starts the real app on a random port against the test's own
+//! fresh PostgreSQL database ([`TestDb`]), with the sandbox Amazon or a test
+//! double standing in for Amazon.
+//!
+//! Why not `#[sqlx::test]`: it needs the database named in DATABASE_URL to exist
+//! already; ours creates a database per test on the server DATABASE_URL names
+//! (default: the local one) and drops it afterwards, so `cargo nextest run`
+//! works on a fresh machine with nothing set.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use reqwest::redirect::Policy;
+use sp_broker::app::{self, AppState};
+use sp_broker::clock::OffsetClock;
+use sp_broker::config::{Config, Settings};
+use sp_broker::crypto::KeyRing;
+use sqlx::PgPool;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// A fresh database for one test, dropped (forcibly) when the value is dropped.
+pub struct TestDb {
+    pub pool: PgPool,
+    name: String,
+    admin_url: String,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let server = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| sp_broker::config::DEFAULT_DATABASE_URL.to_owned());
+        let mut admin = url::Url::parse(&server).expect("DATABASE_URL is a URL");
+        admin.set_path("/postgres");
+        let name = format!("spb_test_{}", uuid::Uuid::new_v4().simple());
+        let mut test_url = admin.clone();
+        test_url.set_path(&format!("/{name}"));
+        let pool = sp_broker::db::connect(test_url.as_str()).await.expect(
+            "PostgreSQL answers at DATABASE_URL (default postgres://postgres@127.0.0.1:5432)",
+        );
+        sp_broker::db::migrate(&pool).await.unwrap();
+        TestDb {
+            pool,
+            name,
+            admin_url: admin.to_string(),
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let admin_url = self.admin_url.clone();
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime: use a thread with its own.
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                use sqlx::Connection;
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin_url).await {
+                    let _ =
+                        sqlx::query(&format!("drop database if exists \"{name}\" with (force)"))
+                            .execute(&mut conn)
+                            .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+pub const TEST_KEY: &str = "test-key-1:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+
+/// Settings as a test would write them; `public_url` is filled in by `spawn`.
+pub fn test_settings() -> Settings {
+    Settings {
+        database_url: "postgres://unused".into(),
+        listen: "127.0.0.1:0".into(),
+        public_url: "http://127.0.0.1:1".into(),
+        app_draft: "false".into(),
+        log: "info".into(),
+        log_format: "text".into(),
+        encryption_keys: Some(TEST_KEY.into()),
+        ..Settings::default()
+    }
+}
+
+pub struct TestApp {
+    pub db: Arc<TestDb>,
+    pub base: String,
+    pub state: AppState,
+    pub clock: OffsetClock,
+    pub pool: PgPool,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl TestApp {
+    /// The app in sandbox mode with default settings, on a fresh database.
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// The app on a fresh database with settings edited by `edit`.
+    pub async fn spawn_with(edit: impl FnOnce(&mut Settings)) -> TestApp {
+        Self::spawn_on(Arc::new(TestDb::new().await), edit).await
+    }
+
+    /// The app with settings edited by `edit`. `{base}` in any URL setting is
+    /// replaced by the app's own base URL.
+    /// Another instance on the same database (several brokers, one database).
+    pub async fn spawn_on(db: Arc<TestDb>, edit: impl FnOnce(&mut Settings)) -> TestApp {
+        let pool = db.pool.clone();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+        let mut settings = test_settings();
+        settings.public_url = base.clone();
+        edit(&mut settings);
+        for url in [
+            &mut settings.lwa_token_url,
+            &mut settings.seller_central_url,
+            &mut settings.spapi_url,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *url = url.replace("{base}", &base);
+        }
+        let config = Config::from_settings(&settings).expect("valid test settings");
+        let keys = config.load_key_ring().unwrap();
+        sp_broker::db::key_checks::verify_key_ring(&pool, &keys, time::OffsetDateTime::now_utc())
+            .await
+            .unwrap();
+        let clock = OffsetClock::default();
+        let state = AppState::new(config, pool.clone(), keys, Arc::new(clock.clone()));
+        let (tx, rx) = oneshot::channel::<()>();
+        let serve_state = state.clone();
+        tokio::spawn(async move {
+            let _ = app::serve(listener, serve_state, async {
+                let _ = rx.await;
+            })
+            .await;
+        });
+        TestApp {
+            db,
+            base,
+            state,
+            clock,
+            pool,
+            shutdown: Some(tx),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// A browser: cookie store, redirects not followed.
+    pub fn browser(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .cookie_store(true)
+            .redirect(Policy::none())
+            .build()
+            .unwrap()
+    }
+
+    pub async fn create_tenant(&self, slug: &str) -> sp_broker::db::tenants::Tenant {
+        sp_broker::cli::create_tenant(&self.state, slug, None)
+            .await
+            .unwrap()
+    }
+
+    pub async fn login_link(&self, tenant_slug: &str, user: &str) -> String {
+        let tenant = sp_broker::db::tenants::find_tenant_by_slug(&self.pool, tenant_slug)
+            .await
+            .unwrap()
+            .expect("tenant exists");
+        let (url, _) = sp_broker::http::pages::create_login_link(
+            &self.state,
+            sp_broker::db::login_tokens::LoginKind::Tenant,
+            Some(tenant.id),
+            user,
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+        url
+    }
+
+    /// A browser signed in to `tenant_slug`'s Settings → Connections (the tenant
+    /// is created if needed).
+    pub async fn signed_in_browser(&self, tenant_slug: &str, user: &str) -> Browser {
+        if sp_broker::db::tenants::find_tenant_by_slug(&self.pool, tenant_slug)
+            .await
+            .unwrap()
+            .is_none()
+        {
+            self.create_tenant(tenant_slug).await;
+        }
+        let client = self.browser();
+        let link = self.login_link(tenant_slug, user).await;
+        let response = client.get(&link).send().await.unwrap();
+        assert_eq!(response.status(), 303);
+        let mut browser = Browser {
+            client,
+            base: self.base.clone(),
+            csrf: String::new(),
+        };
+        let page = browser.page().await;
+        browser.csrf =
+            extract_attr(&page, "name=\"csrf_token\" value=\"").expect("csrf token on page");
+        browser
+    }
+
+    /// Every text and bytea value in every table, for "no plaintext secret stored" checks.
+    pub async fn database_dump(&self) -> String {
+        let columns: Vec<(String, String, String)> = sqlx::query_as(
+            "select table_name::text, column_name::text, data_type::text from information_schema.columns
+             where table_schema = 'public' and data_type in ('text', 'bytea', 'jsonb', 'ARRAY', 'character varying')",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .unwrap();
+        let mut dump = String::new();
+        for (table, column, kind) in columns {
+            let expr = match kind.as_str() {
+                "bytea" => format!("encode(\"{column}\", 'escape')"),
+                _ => format!("\"{column}\"::text"),
+            };
+            let values: Vec<Option<String>> =
+                sqlx::query_scalar(&format!("select {expr} from \"{table}\""))
+                    .fetch_all(&self.pool)
+                    .await
+                    .unwrap();
+            for v in values.into_iter().flatten() {
+                dump.push_str(&v);
+                dump.push('\n');
+            }
+        }
+        dump
+    }
+}
+
+/// A signed-in browser session.
+pub struct Browser {
+    pub client: reqwest::Client,
+    pub base: String,
+    pub csrf: String,
+}
+
+impl Browser {
+    pub async fn page(&self) -> String {
+        let response = self
+            .client
+            .get(format!("{}/settings/connections", self.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.text().await.unwrap()
+    }
+
+    /// POSTs the Connect form; returns the 303 response.
+    pub async fn connect(&self, marketplace_id: &str, account_type: &str) -> reqwest::Response {
+        self.client
+            .post(format!("{}/settings/connections/connect", self.base))
+            .form(&[
+                ("csrf_token", self.csrf.as_str()),
+                ("marketplace_id", marketplace_id),
+                ("account_type", account_type),
+            ])
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn post_action(&self, connection_id: &str, action: &str) -> reqwest::Response {
+        self.client
+            .post(format!(
+                "{}/settings/connections/{connection_id}/{action}",
+                self.base
+            ))
+            .form(&[("csrf_token", self.csrf.as_str())])
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Follows a consent URL through the sandbox consent page's Confirm as
+    /// `selling_partner_id`; returns the callback URL Amazon redirects to.
+    pub async fn consent(&self, consent_url: &str, selling_partner_id: &str) -> String {
+        let page = self.client.get(consent_url).send().await.unwrap();
+        assert_eq!(page.status(), 200, "consent page");
+        let html = page.text().await.unwrap();
+        let state = extract_attr(&html, "name=\"state\" value=\"").unwrap();
+        let redirect_uri = extract_attr(&html, "name=\"redirect_uri\" value=\"").unwrap();
+        let confirm = self
+            .client
+            .post(format!("{}/sandbox/apps/authorize/confirm", self.base))
+            .form(&[
+                ("state", state.as_str()),
+                ("redirect_uri", redirect_uri.as_str()),
+                ("selling_partner_id", selling_partner_id),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(confirm.status(), 303, "sandbox confirm");
+        location(&confirm)
+    }
+
+    /// Connect → consent → callback, all the way; returns the callback response.
+    pub async fn connect_through(
+        &self,
+        marketplace_id: &str,
+        selling_partner_id: &str,
+    ) -> reqwest::Response {
+        let connect = self.connect(marketplace_id, "seller").await;
+        assert_eq!(connect.status(), 303);
+        let callback = self.consent(&location(&connect), selling_partner_id).await;
+        self.client.get(callback).send().await.unwrap()
+    }
+}
+
+pub fn location(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get("location")
+        .expect("a Location header")
+        .to_str()
+        .unwrap()
+        .replace("&amp;", "&")
+}
+
+/// The value after `prefix` up to the next `"`, HTML entities for & undone.
+pub fn extract_attr(html: &str, prefix: &str) -> Option<String> {
+    let start = html.find(prefix)? + prefix.len();
+    let end = html[start..].find('"')? + start;
+    Some(
+        html[start..end]
+            .replace("&amp;", "&")
+            .replace("&#x2f;", "/"),
+    )
+}
+
+/// Every `data-connection-id` on a page, with its status.
+pub fn connection_rows(html: &str) -> Vec<(String, String, String)> {
+    html.split("data-connection-id=\"")
+        .skip(1)
+        .map(|chunk| {
+            let id = chunk[..chunk.find('"').unwrap()].to_owned();
+            let spid = extract_attr(chunk, "data-selling-partner-id=\"").unwrap();
+            let status = extract_attr(chunk, "data-status=\"").unwrap();
+            (id, spid, status)
+        })
+        .collect()
+}
+
+pub fn query_param(url: &str, name: &str) -> Option<String> {
+    let parsed = url::Url::parse(url).ok()?;
+    parsed
+        .query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
