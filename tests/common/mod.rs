@@ -12,7 +12,6 @@ use reqwest::redirect::Policy;
 use sp_broker::app::{self, AppState};
 use sp_broker::clock::OffsetClock;
 use sp_broker::config::{Config, Settings};
-use sp_broker::crypto::KeyRing;
 use sqlx::PgPool;
 use std::sync::Arc;
 use tokio::net::TcpListener;
