@@ -26,6 +26,8 @@ pub struct AppState {
     /// Set when shutdown begins: `/readyz` answers 503 from then on.
     pub shutting_down: Arc<AtomicBool>,
     pub headers: Arc<http::SecurityHeaders>,
+    pub broker: Arc<crate::broker::TokenBroker>,
+    pub api_keys: Arc<crate::api_keys::ApiKeyCache>,
 }
 
 impl AppState {
@@ -46,6 +48,8 @@ impl AppState {
             clock,
             shutting_down: Arc::new(AtomicBool::new(false)),
             headers,
+            broker: Arc::default(),
+            api_keys: Arc::default(),
         }
     }
 
@@ -98,12 +102,20 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let flag = state.shutting_down.clone();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let listener_task = tokio::spawn(crate::notify::listen(state.clone(), stop_rx.clone()));
+    let jobs_task = tokio::spawn(crate::jobs::run(state.clone(), stop_rx));
     let router = build_router(state);
-    axum::serve(listener, router)
+    let served = axum::serve(listener, router)
         .with_graceful_shutdown(async move {
             shutdown.await;
             flag.store(true, Ordering::Relaxed);
             tracing::info!("shutdown signal received: draining in-flight requests");
         })
-        .await
+        .await;
+    let _ = stop_tx.send(true);
+    // Jobs stop at a batch boundary and flush what they hold.
+    let _ = jobs_task.await;
+    let _ = listener_task.await;
+    served
 }

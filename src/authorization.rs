@@ -274,7 +274,9 @@ async fn store(
         }),
     )
     .await?;
+    connections::notify_changed(&mut *tx, id).await?;
     tx.commit().await?;
+    state.broker.forget(id);
     tracing::info!(connection = %id, flow = %pending.flow, region = %pending.region, is_new, "seller authorization stored");
     Ok((id, is_new))
 }

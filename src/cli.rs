@@ -53,9 +53,34 @@ pub enum Command {
         #[arg(long, default_value = "operator")]
         user: String,
     },
+    /// API keys for internal services.
+    #[command(subcommand)]
+    ApiKey(ApiKeyCommand),
     /// Encryption keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+pub enum ApiKeyCommand {
+    /// Create a key; prints the key itself, alone on one line (shown once).
+    Create {
+        #[arg(long)]
+        name: String,
+        /// Bind the key to one tenant; without it, a platform key (all tenants).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// connections:read, tokens:issue, connections:manage, tenants:admin (repeatable).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+    },
+    /// One JSON object per line.
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Revoke a key by its id (or public id); effective at once on every instance.
+    Revoke { id: String },
 }
 
 #[derive(Subcommand)]
@@ -170,8 +195,150 @@ async fn admin(state: &AppState, command: Command) -> Result<(), CliError> {
                 pages::create_login_link(state, LoginKind::Ops, None, &user, None, None).await?;
             println!("{url}");
         }
+        Command::ApiKey(ApiKeyCommand::Create {
+            name,
+            tenant,
+            scopes,
+        }) => {
+            let tenant_id = match tenant {
+                Some(slug) => Some(
+                    tenants::find_tenant_by_slug(&state.db, &slug)
+                        .await?
+                        .ok_or_else(|| CliError::Usage(format!("--tenant: no tenant `{slug}`")))?
+                        .id,
+                ),
+                None => None,
+            };
+            let key = create_api_key(state, &name, tenant_id, &scopes, "cli").await?;
+            println!("{}", key.expose_secret());
+        }
+        Command::ApiKey(ApiKeyCommand::List { tenant }) => {
+            let tenant_id = match tenant {
+                Some(slug) => Some(
+                    tenants::find_tenant_by_slug(&state.db, &slug)
+                        .await?
+                        .ok_or_else(|| CliError::Usage(format!("--tenant: no tenant `{slug}`")))?
+                        .id,
+                ),
+                None => None,
+            };
+            for key in db::api_keys::list_api_keys(&state.db, tenant_id).await? {
+                let json = serde_json::json!({
+                    "id": key.id,
+                    "public_id": key.public_id,
+                    "name": key.name,
+                    "tenant": key.tenant_slug,
+                    "scopes": key.scopes,
+                    "created_at": rfc3339(Some(key.created_at)),
+                    "last_used_at": rfc3339(key.last_used_at),
+                    "revoked_at": rfc3339(key.revoked_at),
+                });
+                println!("{json}");
+            }
+        }
+        Command::ApiKey(ApiKeyCommand::Revoke { id }) => {
+            revoke_api_key(state, &id, "cli").await?;
+        }
         Command::Serve { .. } | Command::Migrate | Command::Keys(_) => {}
     }
+    Ok(())
+}
+
+fn rfc3339(at: Option<time::OffsetDateTime>) -> Option<String> {
+    at.and_then(|t| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .ok()
+    })
+}
+
+/// Creates an API key and records it in the audit log; returns the key (shown once).
+pub async fn create_api_key(
+    state: &AppState,
+    name: &str,
+    tenant_id: Option<uuid::Uuid>,
+    scopes: &[String],
+    actor: &str,
+) -> Result<secrecy::SecretString, CliError> {
+    use crate::api_keys::{NewKey, Scope};
+    let name = name.trim();
+    if name.is_empty() || name.len() > 200 {
+        return Err(CliError::Usage("--name: 1 to 200 characters".into()));
+    }
+    let mut parsed: Vec<Scope> = Vec::new();
+    for raw in scopes {
+        let scope = Scope::parse(raw).ok_or_else(|| {
+            CliError::Usage(format!(
+                "--scope: `{raw}` is not one of connections:read, tokens:issue, connections:manage, tenants:admin"
+            ))
+        })?;
+        if !parsed.contains(&scope) {
+            parsed.push(scope);
+        }
+    }
+    if parsed.is_empty() {
+        parsed.extend(Scope::DEFAULT);
+    }
+    if tenant_id.is_some() && parsed.contains(&Scope::TenantsAdmin) {
+        return Err(CliError::Usage(
+            "--scope: tenants:admin exists only on platform keys (no --tenant)".into(),
+        ));
+    }
+    let scope_names: Vec<String> = parsed.iter().map(|s| s.as_str().to_owned()).collect();
+    let key = NewKey::generate();
+    let now = state.now();
+    let mut tx = state.db.begin().await?;
+    db::api_keys::insert_api_key(
+        &mut *tx,
+        db::api_keys::NewApiKey {
+            id: key.id,
+            public_id: &key.public_id,
+            secret_hash: &key.secret_hash(),
+            name,
+            tenant_id,
+            scopes: &scope_names,
+            now,
+        },
+    )
+    .await?;
+    db::audit::record(
+        &mut *tx,
+        now,
+        actor,
+        "api_key.created",
+        db::audit::AuditTarget { tenant_id, connection_id: None },
+        serde_json::json!({"api_key_id": key.id, "public_id": key.public_id, "name": name, "scopes": scope_names}),
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(public_id = %key.public_id, "API key created");
+    Ok(key.token())
+}
+
+/// Revokes an API key everywhere at once (NOTIFY) and audits it.
+pub async fn revoke_api_key(state: &AppState, id: &str, actor: &str) -> Result<(), CliError> {
+    let now = state.now();
+    let mut tx = state.db.begin().await?;
+    let Some((key_id, public_id, tenant_id)) =
+        db::api_keys::revoke_api_key(&mut *tx, id, now).await?
+    else {
+        return Err(CliError::Usage(format!("ID: no active API key `{id}`")));
+    };
+    db::audit::record(
+        &mut *tx,
+        now,
+        actor,
+        "api_key.revoked",
+        db::audit::AuditTarget {
+            tenant_id,
+            connection_id: None,
+        },
+        serde_json::json!({"api_key_id": key_id, "public_id": public_id}),
+    )
+    .await?;
+    crate::notify::send(&mut *tx, &crate::notify::Change::ApiKey(public_id.clone())).await?;
+    tx.commit().await?;
+    state.api_keys.forget(&public_id);
+    tracing::info!(public_id = %public_id, "API key revoked");
     Ok(())
 }
 

@@ -14,4 +14,6 @@ pub enum Error {
     Template(#[from] askama::Error),
     #[error("session store: {0}")]
     Session(#[from] tower_sessions::session::Error),
+    #[error("an in-memory lock was poisoned by a panic")]
+    Poisoned,
 }

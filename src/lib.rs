@@ -4,15 +4,20 @@
 //! [`authorization`] (the consent flow) and [`crypto`] (how secrets are sealed).
 
 pub mod amazon;
+pub mod api_keys;
 pub mod app;
 pub mod authorization;
+pub mod broker;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod connections;
 pub mod crypto;
 pub mod db;
 pub mod error;
 pub mod http;
+pub mod jobs;
 pub mod logging;
+pub mod notify;
 pub mod sandbox;
 pub mod secrets;

@@ -17,6 +17,12 @@ use serde::Deserialize;
 use std::time::Duration;
 use url::Url;
 
+/// The grantless scopes SP-API apps use.
+pub const GRANTLESS_SCOPES: [&str; 2] = [
+    "sellingpartnerapi::notifications",
+    "sellingpartnerapi::client_credential:rotation",
+];
+
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const TOTAL_TIMEOUT: Duration = Duration::from_secs(5);
 

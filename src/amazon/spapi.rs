@@ -72,3 +72,62 @@ pub async fn marketplace_participations(
         marketplace_ids,
     })
 }
+
+/// One resource of a Restricted Data Token request.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestrictedResource {
+    pub method: String,
+    pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_elements: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RdtBody {
+    restricted_data_token: Option<SecretString>,
+    expires_in: Option<i64>,
+    payload: Option<RdtPayload>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RdtPayload {
+    restricted_data_token: SecretString,
+    expires_in: i64,
+}
+
+/// `POST /tokens/2021-03-01/restrictedDataToken`; accepts the answer with or
+/// without the older `payload` wrapper.
+pub async fn restricted_data_token(
+    http: &reqwest::Client,
+    endpoint: &str,
+    access_token: &SecretString,
+    resources: &[RestrictedResource],
+    target_application: Option<&str>,
+) -> Result<(SecretString, i64), SpApiError> {
+    let mut body = serde_json::json!({ "restrictedResources": resources });
+    if let Some(target) = target_application {
+        body["targetApplication"] = serde_json::Value::String(target.to_owned());
+    }
+    let response = http
+        .post(format!("{endpoint}/tokens/2021-03-01/restrictedDataToken"))
+        .header("x-amz-access-token", access_token.expose_secret())
+        .json(&body)
+        .send()
+        .await
+        .map_err(|_| SpApiError::Unavailable)?;
+    match response.status().as_u16() {
+        200 => {}
+        403 => return Err(SpApiError::Unauthorized),
+        429 => return Err(SpApiError::Throttled),
+        other => return Err(SpApiError::Status(other)),
+    }
+    let body: RdtBody = response.json().await.map_err(|_| SpApiError::Unavailable)?;
+    match (body.restricted_data_token, body.expires_in, body.payload) {
+        (Some(token), Some(expires_in), _) => Ok((token, expires_in)),
+        (_, _, Some(p)) => Ok((p.restricted_data_token, p.expires_in)),
+        _ => Err(SpApiError::Unavailable),
+    }
+}

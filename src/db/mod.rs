@@ -4,6 +4,7 @@
 //! Queries are checked at run time (`sqlx::query_as`), not compile time, so
 //! building needs no database; every query is exercised by the test suite.
 
+pub mod api_keys;
 pub mod audit;
 pub mod connections;
 pub mod key_checks;
@@ -11,6 +12,7 @@ pub mod login_tokens;
 pub mod oauth_states;
 pub mod sessions;
 pub mod tenants;
+pub mod usage;
 
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

@@ -2,6 +2,7 @@
 //! (method, route template, status, latency, request id; never a query string
 //! or an `Authorization` header), health and readiness.
 
+pub mod api;
 pub mod oauth;
 pub mod pages;
 
@@ -148,6 +149,7 @@ pub fn router(state: AppState) -> Router {
 
     let mut router = Router::new()
         .merge(browser)
+        .merge(api::router())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/static/app.css", get(stylesheet));

@@ -40,6 +40,10 @@ pub fn router() -> Router<AppState> {
             "/sellers/v1/marketplaceParticipations",
             get(marketplace_participations),
         )
+        .route(
+            "/tokens/2021-03-01/restrictedDataToken",
+            post(restricted_data_token),
+        )
         .route("/revoke", post(revoke))
 }
 
@@ -327,4 +331,37 @@ async fn marketplace_participations(State(state): State<AppState>, headers: Head
         entry("A2EUQ1WTGCTBG2", "Amazon.ca", "CA", "CAD", "en_CA", "www.amazon.ca"),
     ]}))
     .into_response()
+}
+
+/// `POST /sandbox/tokens/2021-03-01/restrictedDataToken`
+async fn restricted_data_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    match seller_of_access_token(&state, &headers).await {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return spapi_unauthorized(
+                "The access token you provided is revoked, malformed or invalid.",
+            )
+        }
+        Err(response) => return response,
+    }
+    let resources = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| {
+            v.get("restrictedResources")
+                .and_then(|r| r.as_array())
+                .map(Vec::len)
+        });
+    if !matches!(resources, Some(1..=50)) {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"errors": [{"code": "InvalidInput", "message": "restrictedResources must hold 1 to 50 resources"}]})),
+        )
+            .into_response();
+    }
+    let token = format!("Atz.sprdt|sbx{}", secrets::random_token(48).expose_secret());
+    Json(json!({"restrictedDataToken": token, "expiresIn": 3600})).into_response()
 }

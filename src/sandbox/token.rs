@@ -14,10 +14,7 @@ use secrecy::ExposeSecret;
 use serde_json::json;
 use std::collections::HashMap;
 
-pub const GRANTLESS_SCOPES: [&str; 2] = [
-    "sellingpartnerapi::notifications",
-    "sellingpartnerapi::client_credential:rotation",
-];
+use crate::amazon::lwa::GRANTLESS_SCOPES;
 
 fn lwa_error(status: StatusCode, error: &str, description: &str) -> Response {
     (

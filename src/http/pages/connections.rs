@@ -3,6 +3,7 @@
 use super::{render, set_flash, take_flash, Flash, PageError, SignedIn};
 use crate::amazon::marketplaces::{self, Region, MARKETPLACES};
 use crate::app::AppState;
+use crate::connections::{AUTHORIZATION_LIFETIME, EXPIRING_WITHIN};
 use crate::db::audit::{self, AuditTarget};
 use crate::db::connections::{self, ConnectionRow};
 use crate::db::tenants;
@@ -12,11 +13,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Redirect, Response};
 use axum::Form;
 use serde::Deserialize;
-use time::{Duration, OffsetDateTime};
+use time::OffsetDateTime;
 use uuid::Uuid;
-
-/// Amazon asks sellers to re-authorize public apps every 365 days.
-pub const AUTHORIZATION_LIFETIME: Duration = Duration::days(365);
 
 pub struct MarketplaceOption {
     pub id: &'static str,
@@ -77,7 +75,7 @@ fn view(row: ConnectionRow, now: OffsetDateTime) -> ConnectionView {
     let expires = row.authorized_at.map(|at| at + AUTHORIZATION_LIFETIME);
     let (status_label, status_explanation) = match row.status.as_str() {
         "active" => match expires {
-            Some(at) if at - now <= Duration::days(30) => (
+            Some(at) if at - now <= EXPIRING_WITHIN => (
                 "Connected",
                 format!(
                     "Working. Amazon asks you to renew this authorization by {}: click Reconnect before then.",
@@ -210,7 +208,9 @@ pub async fn disconnect_post(
         serde_json::json!({ "previous_status": row.status }),
     )
     .await?;
+    connections::notify_changed(&mut *tx, id).await?;
     tx.commit().await?;
+    state.broker.forget(id);
     tracing::info!(connection = %id, "connection disconnected; stored tokens erased");
     set_flash(
         &signed_in.session,

@@ -1,0 +1,332 @@
+//! API keys for internal services: `spb_{public id}_{secret}` with 256 random
+//! bits of secret, stored as SHA-256 of the secret (a slow hash adds nothing
+//! for a 256-bit random value), looked up by the public id and compared in
+//! constant time.
+//!
+//! Verified keys are cached in memory so the token hot path needs no database
+//! round trip. Revocation reaches every instance at once through PostgreSQL
+//! NOTIFY (see `notify.rs`); a cached entry is also re-read after
+//! [`CACHE_RECHECK`] in case a notification was missed.
+//! Never logs a key's secret part.
+
+use crate::db::api_keys::{self, ApiKeyRow};
+use crate::secrets;
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::PgPool;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+pub const PREFIX: &str = "spb_";
+const PUBLIC_ID_LEN: usize = 16;
+pub const CACHE_RECHECK: Duration = Duration::from_secs(30);
+const LAST_USED_GRANULARITY: Duration = Duration::from_secs(60);
+/// Calls to Amazon (refreshes, RDTs, grantless tokens) one key may cause per
+/// minute on one instance; cache hits are not counted.
+pub const AMAZON_CALLS_PER_MINUTE: f64 = 600.0;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    ConnectionsRead,
+    TokensIssue,
+    ConnectionsManage,
+    TenantsAdmin,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 4] = [
+        Scope::ConnectionsRead,
+        Scope::TokensIssue,
+        Scope::ConnectionsManage,
+        Scope::TenantsAdmin,
+    ];
+    pub const DEFAULT: [Scope; 2] = [Scope::ConnectionsRead, Scope::TokensIssue];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::ConnectionsRead => "connections:read",
+            Scope::TokensIssue => "tokens:issue",
+            Scope::ConnectionsManage => "connections:manage",
+            Scope::TenantsAdmin => "tenants:admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Scope> {
+        Scope::ALL.into_iter().find(|scope| scope.as_str() == s)
+    }
+}
+
+/// Who is calling: the key's identity, tenant binding and scopes.
+#[derive(Debug, Clone)]
+pub struct ApiPrincipal {
+    pub key_id: Uuid,
+    pub public_id: String,
+    /// `None` for a platform key (every tenant).
+    pub tenant_id: Option<Uuid>,
+    pub scopes: Vec<Scope>,
+    pub budget: Arc<Mutex<Budget>>,
+}
+
+impl ApiPrincipal {
+    pub fn has_scope(&self, scope: Scope) -> bool {
+        self.scopes.contains(&scope)
+    }
+
+    pub fn can_see_tenant(&self, tenant_id: Uuid) -> bool {
+        self.tenant_id.is_none_or(|own| own == tenant_id)
+    }
+
+    pub fn actor(&self) -> String {
+        format!("api_key:{}", self.public_id)
+    }
+
+    /// Takes one call to Amazon from the key's budget; `Err(retry_after)` when spent.
+    pub fn spend_amazon_call(&self) -> Result<(), Duration> {
+        match self.budget.lock() {
+            Ok(mut budget) => budget.take(),
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+/// A token bucket refilled at [`AMAZON_CALLS_PER_MINUTE`].
+#[derive(Debug)]
+pub struct Budget {
+    tokens: f64,
+    updated: Instant,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget {
+            tokens: AMAZON_CALLS_PER_MINUTE,
+            updated: Instant::now(),
+        }
+    }
+}
+
+impl Budget {
+    fn take(&mut self) -> Result<(), Duration> {
+        let per_second = AMAZON_CALLS_PER_MINUTE / 60.0;
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.updated).as_secs_f64() * per_second)
+            .min(AMAZON_CALLS_PER_MINUTE);
+        self.updated = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64(
+                ((1.0 - self.tokens) / per_second).ceil(),
+            ))
+        }
+    }
+}
+
+/// A newly created key: shown once.
+pub struct NewKey {
+    pub id: Uuid,
+    pub public_id: String,
+    pub secret: SecretString,
+}
+
+impl NewKey {
+    pub fn generate() -> NewKey {
+        let public = secrets::random_token(12);
+        let public_id: String = public
+            .expose_secret()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .chain(std::iter::repeat('x'))
+            .take(PUBLIC_ID_LEN)
+            .collect::<String>()
+            .to_ascii_lowercase();
+        NewKey {
+            id: Uuid::new_v4(),
+            public_id,
+            secret: secrets::random_token(32),
+        }
+    }
+
+    /// The full key as the caller will send it.
+    pub fn token(&self) -> SecretString {
+        SecretString::from(format!(
+            "{PREFIX}{}_{}",
+            self.public_id,
+            self.secret.expose_secret()
+        ))
+    }
+
+    pub fn secret_hash(&self) -> Vec<u8> {
+        secrets::sha256_secret(&self.secret)
+    }
+}
+
+/// Splits `spb_{public}_{secret}`.
+fn split_key(presented: &str) -> Option<(&str, &str)> {
+    let rest = presented.strip_prefix(PREFIX)?;
+    if rest.len() <= PUBLIC_ID_LEN + 1 || !rest.is_char_boundary(PUBLIC_ID_LEN) {
+        return None;
+    }
+    let (public_id, secret) = rest.split_at(PUBLIC_ID_LEN);
+    let secret = secret.strip_prefix('_')?;
+    (public_id.bytes().all(|b| b.is_ascii_alphanumeric()) && secret.len() <= 128)
+        .then_some((public_id, secret))
+}
+
+struct CachedKey {
+    secret_hash: Vec<u8>,
+    principal: Arc<ApiPrincipal>,
+    loaded: Instant,
+    last_used_written: Mutex<Option<Instant>>,
+}
+
+#[derive(Default)]
+pub struct ApiKeyCache {
+    entries: RwLock<HashMap<String, Arc<CachedKey>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing, unknown or revoked API key")]
+    Unauthenticated,
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+fn principal_from(row: &ApiKeyRow) -> ApiPrincipal {
+    ApiPrincipal {
+        key_id: row.id,
+        public_id: row.public_id.clone(),
+        tenant_id: row.tenant_id,
+        scopes: row.scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
+        budget: Arc::new(Mutex::new(Budget::default())),
+    }
+}
+
+impl ApiKeyCache {
+    /// Verifies a presented key. Memory only on a recent cache hit.
+    pub async fn verify(
+        &self,
+        db: &PgPool,
+        presented: &str,
+        now: OffsetDateTime,
+    ) -> Result<Arc<ApiPrincipal>, AuthError> {
+        let (public_id, secret) = split_key(presented).ok_or(AuthError::Unauthenticated)?;
+        let presented_hash = secrets::sha256(secret);
+        let cached = self
+            .entries
+            .read()
+            .ok()
+            .and_then(|map| map.get(public_id).cloned())
+            .filter(|entry| entry.loaded.elapsed() < CACHE_RECHECK);
+        let entry = match cached {
+            Some(entry) => entry,
+            None => {
+                let Some(row) = api_keys::find_active_by_public_id(db, public_id).await? else {
+                    self.forget(public_id);
+                    return Err(AuthError::Unauthenticated);
+                };
+                let previous_budget = self
+                    .entries
+                    .read()
+                    .ok()
+                    .and_then(|map| map.get(public_id).map(|e| e.principal.budget.clone()));
+                let mut principal = principal_from(&row);
+                if let Some(budget) = previous_budget {
+                    principal.budget = budget;
+                }
+                let entry = Arc::new(CachedKey {
+                    secret_hash: row.secret_hash,
+                    principal: Arc::new(principal),
+                    loaded: Instant::now(),
+                    last_used_written: Mutex::new(None),
+                });
+                if let Ok(mut map) = self.entries.write() {
+                    map.insert(public_id.to_owned(), entry.clone());
+                }
+                entry
+            }
+        };
+        use subtle::ConstantTimeEq;
+        if !bool::from(entry.secret_hash.as_slice().ct_eq(&presented_hash)) {
+            return Err(AuthError::Unauthenticated);
+        }
+        self.note_use(db, &entry, now);
+        Ok(entry.principal.clone())
+    }
+
+    /// Writes `last_used_at` at most once a minute per key, off the request path.
+    fn note_use(&self, db: &PgPool, entry: &CachedKey, now: OffsetDateTime) {
+        let Ok(mut written) = entry.last_used_written.lock() else {
+            return;
+        };
+        if written.is_some_and(|at| at.elapsed() < LAST_USED_GRANULARITY) {
+            return;
+        }
+        *written = Some(Instant::now());
+        let db = db.clone();
+        let id = entry.principal.key_id;
+        tokio::spawn(async move {
+            if let Err(e) = api_keys::touch_last_used(&db, id, now).await {
+                tracing::warn!(error = %e, "could not record API key use");
+            }
+        });
+    }
+
+    /// Drops a key from the cache (revoked here or on another instance).
+    pub fn forget(&self, public_id: &str) {
+        if let Ok(mut map) = self.entries.write() {
+            map.remove(public_id);
+        }
+    }
+
+    pub fn clear(&self) {
+        if let Ok(mut map) = self.entries.write() {
+            map.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_have_prefix_public_id_and_256_bit_secret() {
+        let key = NewKey::generate();
+        let token = key.token();
+        let token = token.expose_secret();
+        assert!(token.starts_with("spb_"));
+        let (public_id, secret) = split_key(token).unwrap_or_default();
+        assert_eq!(public_id, key.public_id);
+        assert_eq!(secret.len(), 43); // 32 bytes, base64url
+        assert_ne!(NewKey::generate().public_id, key.public_id);
+    }
+
+    #[test]
+    fn malformed_keys_do_not_split() {
+        for bad in [
+            "",
+            "spb_",
+            "spb_short_x",
+            "xyz_0123456789abcdef_secret",
+            "spb_0123456789abcdef-secret",
+            "spb_0123456789abcdé_secret",
+        ] {
+            assert!(split_key(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn budget_runs_out_and_says_when_to_retry() {
+        let mut budget = Budget::default();
+        for _ in 0..AMAZON_CALLS_PER_MINUTE as usize {
+            assert!(budget.take().is_ok());
+        }
+        let retry = budget.take().err().unwrap_or_default();
+        assert!(retry >= Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,45 @@
+//! `GET /openapi.json`: the OpenAPI 3.1 document, generated from the handlers'
+//! annotations (utoipa), so it cannot drift from the code.
+
+use super::{connections, ops, tenants, tokens};
+use crate::connections::{ConnectionJson, Health, LastError};
+use axum::Json;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+struct ApiKeyAuth;
+
+impl Modify for ApiKeyAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An sp-broker API key (`spb_…`), with the scope each operation names.",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "sp-broker", description = "Amazon SP-API connection broker: connections and fresh LWA access tokens for internal services. Errors are RFC 9457 problem details (application/problem+json) with a machine-readable `code`."),
+    paths(
+        tenants::list_tenants, tenants::create_tenant, tenants::create_login_link,
+        connections::list_connections, connections::get_connection, connections::delete_connection,
+        tokens::access_token, tokens::restricted_data_token, tokens::grantless_token,
+        ops::summary,
+    ),
+    components(schemas(ConnectionJson, Health, LastError)),
+    modifiers(&ApiKeyAuth),
+)]
+pub struct ApiDoc;
+
+pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

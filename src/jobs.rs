@@ -1,0 +1,58 @@
+//! Background work of each instance: flushing token-issue counts to the audit
+//! tables, and deleting expired one-time values and sessions. Each job has a
+//! `run_once` for tests; [`run`] loops until stopped and flushes on the way out.
+
+use crate::app::AppState;
+use crate::db::{login_tokens, oauth_states, sessions::PgSessionStore, usage};
+use std::time::Duration;
+use tokio::sync::watch;
+
+const FLUSH_EVERY: Duration = Duration::from_secs(5);
+const CLEAN_EVERY: Duration = Duration::from_secs(300);
+
+/// Writes the token-issue counts gathered in memory since the last flush.
+pub async fn flush_usage_once(state: &AppState) -> Result<(), sqlx::Error> {
+    let counts = state.broker.take_usage();
+    if counts.is_empty() {
+        return Ok(());
+    }
+    let now = state.now();
+    for ((key_id, connection_id), count) in counts {
+        usage::add_token_issues(&state.db, key_id, connection_id, count as i64, now).await?;
+    }
+    Ok(())
+}
+
+/// Deletes expired login tokens, OAuth states and sessions.
+pub async fn clean_up_once(state: &AppState) -> Result<(), sqlx::Error> {
+    let now = state.now();
+    login_tokens::delete_expired(&state.db, now).await?;
+    oauth_states::delete_expired(&state.db, now).await?;
+    PgSessionStore::new(state.db.clone())
+        .delete_expired(now)
+        .await?;
+    Ok(())
+}
+
+pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
+    let mut flush = tokio::time::interval(FLUSH_EVERY);
+    let mut clean = tokio::time::interval(CLEAN_EVERY);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = flush.tick() => {
+                if let Err(e) = flush_usage_once(&state).await {
+                    tracing::warn!(error = %e, "could not flush token-issue counts");
+                }
+            }
+            _ = clean.tick() => {
+                if let Err(e) = clean_up_once(&state).await {
+                    tracing::warn!(error = %e, "clean-up failed");
+                }
+            }
+        }
+    }
+    if let Err(e) = flush_usage_once(&state).await {
+        tracing::warn!(error = %e, "could not flush token-issue counts at shutdown");
+    }
+}
