@@ -547,17 +547,9 @@ impl TokenBroker {
             Err(LwaError::ClientRejected { .. } | LwaError::Refused { .. }) => {
                 self.breaker.record_success();
                 self.note_app_credentials_rejected(now);
-                // The app's credentials are at fault, never the seller: no status change.
-                connections::record_refresh_failure(
-                    &state.db,
-                    connection_id,
-                    owner,
-                    "app_credentials_rejected",
-                    "Amazon rejected the app's client credentials; the seller's authorization is not affected",
-                    None,
-                    now,
-                )
-                .await?;
+                // The app's credentials are at fault, never the seller: the
+                // connection row keeps its status and shows no error.
+                release().await?;
                 record_event(
                     state,
                     connection_id,

@@ -45,7 +45,7 @@ pub struct OpsSummary {
 
 pub const HEALTH_SQL: &str = "case
     when status = 'needs_reauth' then 'failing'
-    when status = 'active' and last_error_code in ('amazon_unavailable', 'app_credentials_rejected') then 'degraded'
+    when status = 'active' and last_error_code = 'amazon_unavailable' then 'degraded'
     when status = 'active' and authorized_at + interval '365 days' - $1 <= interval '30 days' then 'expiring'
     else 'ok' end";
 
