@@ -40,10 +40,7 @@ pub fn health(row: &ConnectionRow, now: OffsetDateTime) -> Health {
     match row.status.as_str() {
         "needs_reauth" => Health::Failing,
         "active" => {
-            if matches!(
-                row.last_error_code.as_deref(),
-                Some("amazon_unavailable" | "app_credentials_rejected")
-            ) {
+            if row.last_error_code.as_deref() == Some("amazon_unavailable") {
                 Health::Degraded
             } else if row
                 .authorized_at
