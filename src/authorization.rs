@@ -335,3 +335,24 @@ pub fn marketplace_for_callback_host(
 pub fn expose(state: &SecretString) -> &str {
     state.expose_secret()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn login_uri_region_comes_from_amazons_host() {
+        let (m, t) =
+            marketplace_for_callback_host("sellercentral-europe.amazon.com", "ATVPDKIKX0DER");
+        assert_eq!((m.region, t), (Region::Eu, AccountType::Seller));
+        let (m, t) = marketplace_for_callback_host("vendorcentral.amazon.co.jp", "ATVPDKIKX0DER");
+        assert_eq!((m.region, t), (Region::Fe, AccountType::Vendor));
+        let (m, t) = marketplace_for_callback_host("www.amazon.de", "ATVPDKIKX0DER");
+        assert_eq!((m.id, t), ("A1PA6795UKMFR9", AccountType::Seller));
+        let (m, _) = marketplace_for_callback_host("127.0.0.1", "A39IBJ37TRP1C6");
+        assert_eq!(m.region, Region::Fe);
+        assert!(is_plausible_selling_partner_id("A1B2C3"));
+        assert!(!is_plausible_selling_partner_id("A1 B2"));
+        assert!(!is_plausible_selling_partner_id(""));
+    }
+}

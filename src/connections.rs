@@ -131,3 +131,64 @@ impl ConnectionJson {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(
+        status: &str,
+        authorized_days_ago: i64,
+        last_error: Option<&str>,
+        now: OffsetDateTime,
+    ) -> ConnectionRow {
+        ConnectionRow {
+            id: Uuid::nil(),
+            tenant_id: Uuid::nil(),
+            selling_partner_id: "A1".into(),
+            account_type: "seller".into(),
+            region: "na".into(),
+            marketplace_id: "ATVPDKIKX0DER".into(),
+            store_name: None,
+            marketplace_ids: None,
+            status: status.into(),
+            status_reason: None,
+            status_changed_at: now,
+            authorized_at: Some(now - Duration::days(authorized_days_ago)),
+            last_refresh_at: None,
+            last_error_code: last_error.map(str::to_owned),
+            last_error_message: last_error.map(str::to_owned),
+            last_error_at: last_error.map(|_| now),
+            created_at: now,
+            updated_at: now,
+            access_token_expires_at: None,
+        }
+    }
+
+    #[test]
+    fn health_follows_status_errors_and_the_365_day_rule() {
+        let now = OffsetDateTime::now_utc();
+        assert_eq!(health(&row("active", 10, None, now), now), Health::Ok);
+        assert_eq!(health(&row("active", 334, None, now), now), Health::Ok);
+        assert_eq!(
+            health(&row("active", 336, None, now), now),
+            Health::Expiring
+        );
+        assert_eq!(
+            health(&row("active", 10, Some("amazon_unavailable"), now), now),
+            Health::Degraded
+        );
+        assert_eq!(
+            health(&row("needs_reauth", 10, Some("invalid_grant"), now), now),
+            Health::Failing
+        );
+        assert_eq!(health(&row("disconnected", 10, None, now), now), Health::Ok);
+        let json = ConnectionJson::new(row("active", 1, None, now), "t", now);
+        assert_eq!(
+            json.authorization_expires_at
+                .zip(json.authorized_at)
+                .map(|(e, a)| e - a),
+            Some(Duration::days(365))
+        );
+    }
+}
