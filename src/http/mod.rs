@@ -145,6 +145,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/oauth/amazon/callback", get(oauth::callback))
         .route("/oauth/amazon/login", get(oauth::login_uri))
+        .route("/ops", get(pages::ops::ops_page))
         .layer(sessions);
 
     let mut router = Router::new()

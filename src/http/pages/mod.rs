@@ -3,6 +3,7 @@
 //! when present, the `Origin` header.
 
 pub mod connections;
+pub mod ops;
 
 use crate::app::AppState;
 use crate::db::login_tokens::{self, LoginKind};

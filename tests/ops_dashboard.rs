@@ -1,0 +1,70 @@
+//! The ops dashboard: operators only; shows which connections need attention and why.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+use common::*;
+use secrecy::ExposeSecret;
+
+#[tokio::test]
+async fn dashboard_lists_a_revoked_connection_for_operators_only() {
+    let app = TestApp::spawn().await;
+    let seller = app.signed_in_browser("acme", "u1").await;
+    assert_eq!(
+        seller
+            .connect_through("ATVPDKIKX0DER", "A1REVOKED")
+            .await
+            .status(),
+        303
+    );
+    let id = connection_rows(&seller.page().await)[0].0.clone();
+
+    // The seller revokes the app in (sandbox) Seller Central; the next refresh finds out.
+    sp_broker::sandbox::revoke_seller(&app.state, "A1REVOKED", app.state.now())
+        .await
+        .unwrap();
+    app.clock.advance(time::Duration::minutes(59));
+    let key = sp_broker::cli::create_api_key(&app.state, "svc", None, &[], "test")
+        .await
+        .unwrap();
+    let answer = reqwest::Client::new()
+        .post(app.url(&format!("/v1/connections/{id}/access-token")))
+        .bearer_auth(key.expose_secret())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 409);
+
+    // A tenant session is not an operator session.
+    let page = seller.client.get(app.url("/ops")).send().await.unwrap();
+    assert_eq!(page.status(), 401);
+
+    let (link, _) = sp_broker::http::pages::create_login_link(
+        &app.state,
+        sp_broker::db::login_tokens::LoginKind::Ops,
+        None,
+        "op1",
+        None,
+        None,
+    )
+    .await
+    .unwrap();
+    let operator = app.browser();
+    let login = operator.get(&link).send().await.unwrap();
+    assert_eq!(login.status(), 303);
+    assert_eq!(location(&login), "/ops");
+    let page = operator.get(app.url("/ops")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    let row = html
+        .split(&format!("data-connection-id=\"{id}\""))
+        .nth(1)
+        .expect("the revoked connection is listed");
+    assert!(row.starts_with(" data-health=\"failing\""), "{row}");
+    assert!(row.contains("acme") && row.contains("A1REVOKED"));
+    assert!(row.contains("invalid_grant"), "the reason is shown: {row}");
+    // The refresh outcome was counted.
+    assert!(
+        html.contains("<td>last hour</td><td>0</td><td>1</td>"),
+        "{html}"
+    );
+}
