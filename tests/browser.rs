@@ -166,8 +166,9 @@ async fn wait_for_path(client: &Client, origin: &str, path: &str) -> Result<url:
             return Ok(url);
         }
         if Instant::now() > deadline {
+            let page = body_text(client).await.unwrap_or_default();
             return Err(format!(
-                "expected to arrive at {origin}{path}, still at {url}"
+                "expected to arrive at {origin}{path}, still at {url}, showing:\n{page}"
             ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
