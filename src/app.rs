@@ -32,6 +32,7 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(config: Config, db: PgPool, keys: KeyRing, clock: Arc<dyn Clock>) -> Self {
+        crate::metrics::install();
         let http_client = lwa::http_client();
         let lwa = LwaClient::new(
             http_client.clone(),

@@ -148,7 +148,8 @@ pub async fn complete(
         .map_err(|_| CompleteError::BadSellingPartnerId)?;
 
     // Exactly one request: a code exchange is never retried.
-    let tokens = state
+    let started = std::time::Instant::now();
+    let exchanged = state
         .lwa
         .request(
             &Grant::AuthorizationCode {
@@ -157,8 +158,13 @@ pub async fn complete(
             },
             &state.config.lwa_client_secrets,
         )
-        .await
-        .map_err(CompleteError::Exchange)?;
+        .await;
+    crate::metrics::lwa_call(
+        "authorization_code",
+        if exchanged.is_ok() { "ok" } else { "failed" },
+        started.elapsed().as_secs_f64(),
+    );
+    let tokens = exchanged.map_err(CompleteError::Exchange)?;
     let refresh_token = tokens.refresh_token.ok_or(CompleteError::NoRefreshToken)?;
     let access_expires_at = now + Duration::seconds(tokens.expires_in);
 

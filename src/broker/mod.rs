@@ -275,6 +275,7 @@ impl TokenBroker {
         if !force_refresh {
             if let Some(token) = good_enough(snapshot.token.as_ref(), now, min_ttl) {
                 self.count_use(caller.key_id, connection_id);
+                crate::metrics::token_issued("cache");
                 return Ok(issued(&snapshot, token, None));
             }
         } else if let Err(retry) =
@@ -298,8 +299,13 @@ impl TokenBroker {
                 force_refresh,
             )
             .await;
-        if result.is_ok() {
+        if let Ok(token) = &result {
             self.count_use(caller.key_id, connection_id);
+            crate::metrics::token_issued(if token.refresh_error.is_some() {
+                "fallback"
+            } else {
+                "refreshed"
+            });
         }
         result
     }
@@ -597,6 +603,7 @@ impl TokenBroker {
     ) -> Result<crate::amazon::lwa::Tokens, LwaError> {
         let mut attempt = 0;
         loop {
+            let started = Instant::now();
             let result = state
                 .lwa
                 .request(
@@ -604,6 +611,11 @@ impl TokenBroker {
                     &state.config.lwa_client_secrets,
                 )
                 .await;
+            crate::metrics::lwa_call(
+                "refresh_token",
+                outcome_label(&result),
+                started.elapsed().as_secs_f64(),
+            );
             match result {
                 Err(e) if e.is_passing() => {
                     self.breaker.record_failure();
@@ -694,6 +706,16 @@ impl TokenBroker {
             s.last_rejected_at = Some(now);
             s.rejected_hold_until = Some(Instant::now() + CLIENT_REJECTED_HOLD);
         }
+    }
+}
+
+fn outcome_label<T>(result: &Result<T, LwaError>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(LwaError::InvalidGrant { .. }) => "invalid_grant",
+        Err(LwaError::ClientRejected { .. }) => "app_credentials_rejected",
+        Err(LwaError::Refused { .. }) => "refused",
+        Err(LwaError::Unavailable(_)) => "amazon_unavailable",
     }
 }
 

@@ -85,7 +85,9 @@ async fn log_requests(request: Request, next: Next) -> Response {
     let span = tracing::info_span!("request", id = %request_id, %method, route = %route);
     let mut response = next.run(request).instrument(span.clone()).await;
     let status = response.status().as_u16();
-    let latency_us = started.elapsed().as_micros() as u64;
+    let elapsed = started.elapsed();
+    let latency_us = elapsed.as_micros() as u64;
+    crate::metrics::http_request(&route, status, elapsed.as_secs_f64());
     span.in_scope(|| tracing::info!(status, latency_us, "request served"));
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID.clone(), value);
@@ -153,6 +155,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api::router())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(crate::metrics::metrics_handler))
         .route("/static/app.css", get(stylesheet));
     if state.config.is_sandbox() {
         router = router.nest("/sandbox", crate::sandbox::router());

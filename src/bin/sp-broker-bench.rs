@@ -1,0 +1,806 @@
+//! `sp-broker-bench`: how fast sp-broker hands out access tokens, next to the
+//! floor of the same server (`GET /healthz`). Run it with `bench/run.sh`; the
+//! figures and how to read them are in BENCHMARKS.md.
+//!
+//! 1. Drops and recreates the database `sp_broker_bench`, applies migrations and
+//!    seeds one tenant, one platform API key (`tokens:issue`) and N connections
+//!    (default 10,000), each with a sealed refresh token and a sealed access
+//!    token valid for one hour, exactly as a finished authorization stores them.
+//! 2. Starts the release `sp-broker serve` as a child process on that database
+//!    (sandbox Amazon, which is never called: every token is cached),
+//!    `SP_BROKER_LOG=warn`, and waits for `/readyz`.
+//! 3. Drives it with its own closed-loop HTTP/1.1 load generator (C keep-alive
+//!    connections, each sending its next request when the last answer is read):
+//!    (a) `GET /healthz`, warm-up then a timed window;
+//!    (b) a warm-up pass that asks once for every connection's token (loading
+//!        all of them into the in-memory cache), then cache-hit
+//!        `POST /v1/connections/{id}/access-token` cycling over all connections,
+//!        warm-up then a timed window;
+//!    (c) stops the server, starts it again (in-memory cache empty) and asks once
+//!        per connection: every answer is read from PostgreSQL.
+//! 4. Prints requests per second, p50, p99, the ratios to the floor, the CPU time
+//!    server and load generator spent per request, and whether the targets hold.
+//!
+//! The load generator is deliberately minimal (pre-serialized requests, a
+//! Content-Length reader, no allocation per request beyond the read buffer) so
+//! that it takes as little as possible of the machine from the server.
+
+use clap::Parser;
+use secrecy::{ExposeSecret, SecretString};
+use sp_broker::app::AppState;
+use sp_broker::clock::SystemClock;
+use sp_broker::config::{Config, Settings};
+use sp_broker::crypto::{KeyRing, Purpose, SealContext};
+use sp_broker::db::connections::{self, Authorized};
+use std::error::Error;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use uuid::Uuid;
+
+type BoxError = Box<dyn Error + Send + Sync>;
+
+/// The broker re-reads a cached connection's row after this long (the broker's
+/// `RECHECK_AFTER`): phase (b) must end within it to be all cache hits.
+const BROKER_RECHECK: Duration = Duration::from_secs(30);
+const TARGET_RPS_RATIO: f64 = 0.80;
+const TARGET_P99: Duration = Duration::from_millis(5);
+
+#[derive(Parser)]
+#[command(
+    name = "sp-broker-bench",
+    about = "Benchmarks sp-broker: /healthz vs cache-hit vs from-PostgreSQL access tokens"
+)]
+struct Args {
+    /// PostgreSQL URL of the benchmark database (dropped and recreated).
+    #[arg(
+        long,
+        env = "BENCH_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/sp_broker_bench"
+    )]
+    database_url: String,
+    /// The sp-broker binary to benchmark.
+    #[arg(
+        long,
+        env = "BENCH_SERVER_BIN",
+        default_value = "target/release/sp-broker"
+    )]
+    server_bin: PathBuf,
+    /// Where the server's own output (warnings and errors) goes.
+    #[arg(
+        long,
+        env = "BENCH_SERVER_LOG",
+        default_value = "target/sp-broker-bench-server.log"
+    )]
+    server_log: PathBuf,
+    /// Connections seeded (each with a cached access token).
+    #[arg(long, env = "BENCH_CONNECTIONS", default_value_t = 10_000)]
+    connections: usize,
+    /// Concurrent HTTP connections of the load generator.
+    #[arg(long, env = "BENCH_CONCURRENCY", default_value_t = 64)]
+    concurrency: usize,
+    /// Timed window of phases (a) and (b), seconds.
+    #[arg(long, env = "BENCH_SECONDS", default_value_t = 10)]
+    seconds: u64,
+    /// Warm-up before each timed window (not counted), seconds.
+    #[arg(long, env = "BENCH_WARMUP_SECONDS", default_value_t = 2)]
+    warmup_seconds: u64,
+    /// Worker threads of the load generator's runtime.
+    #[arg(long, env = "BENCH_CLIENT_THREADS", default_value_t = 2)]
+    client_threads: usize,
+}
+
+fn main() -> Result<(), BoxError> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.client_threads.max(1))
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> Result<(), BoxError> {
+    let timed = Duration::from_secs(args.seconds);
+    let warmup = Duration::from_secs(args.warmup_seconds);
+    let concurrency = args.concurrency.max(1);
+
+    println!("sp-broker benchmark");
+    println!("  machine:   {}", machine());
+    println!(
+        "  server:    {} serve (sandbox Amazon, never called), SP_BROKER_LOG=warn, log at {}",
+        args.server_bin.display(),
+        args.server_log.display()
+    );
+    println!(
+        "  load:      {concurrency} keep-alive HTTP/1.1 connections, closed loop, {} client thread(s), same machine",
+        args.client_threads.max(1)
+    );
+    println!(
+        "  phases:    (a), (b) {} s warm-up + {} s timed each; (c) one request per connection",
+        warmup.as_secs(),
+        timed.as_secs()
+    );
+
+    // 1. Seed.
+    let started = Instant::now();
+    let seeded = seed(&args.database_url, args.connections).await?;
+    println!(
+        "  seeded:    {} connections with sealed refresh and access tokens in {:.1} s",
+        seeded.connection_ids.len(),
+        started.elapsed().as_secs_f64()
+    );
+    std::fs::write(&args.server_log, b"")?;
+
+    // 2. Start the server.
+    let mut server = Server::start(&args, &seeded.key_spec).await?;
+    check_token_answer(server.addr, &seeded).await?;
+
+    // (a) the floor.
+    let healthz = Plan::healthz(server.addr);
+    let floor = run_phase(&server, &healthz, concurrency, Limit::timed(warmup, timed)).await?;
+
+    // (b) warm-up pass: every connection loaded into memory, then cache hits.
+    let tokens = Plan::access_tokens(server.addr, &seeded);
+    let first_load = Instant::now();
+    let pass = run_phase(&server, &tokens, concurrency, Limit::Count(tokens.len())).await?;
+    println!(
+        "  warm-up:   one request per connection ({} loads from PostgreSQL) took {:.2} s",
+        pass.requests,
+        pass.window.as_secs_f64()
+    );
+    let hits = run_phase(&server, &tokens, concurrency, Limit::timed(warmup, timed)).await?;
+    let hit_span = first_load.elapsed();
+    if hit_span >= BROKER_RECHECK {
+        println!(
+            "  WARNING:   phase (b) ended {:.0} s after the first load: some answers were re-reads from PostgreSQL (recheck after {} s)",
+            hit_span.as_secs_f64(),
+            BROKER_RECHECK.as_secs()
+        );
+    }
+
+    // (c) restart: the in-memory cache is empty, every answer comes from PostgreSQL.
+    server.stop()?;
+    let server = Server::start(&args, &seeded.key_spec).await?;
+    let tokens = Plan::access_tokens(server.addr, &seeded);
+    let misses = run_phase(&server, &tokens, concurrency, Limit::Count(tokens.len())).await?;
+    drop(server);
+
+    // 4. Report.
+    println!();
+    print_table(&[
+        ("(a) GET /healthz (floor)", &floor),
+        ("(b) access-token, cache hit", &hits),
+        ("(c) access-token, from PostgreSQL", &misses),
+    ]);
+    println!();
+    let rps_ratio = hits.rps() / floor.rps();
+    let p99 = hits.percentile(99.0);
+    let rps_met = rps_ratio >= TARGET_RPS_RATIO;
+    let p99_met = p99 <= TARGET_P99;
+    println!(
+        "Target (b) throughput >= {:.0} % of the floor: {:.1} % -> {}",
+        TARGET_RPS_RATIO * 100.0,
+        rps_ratio * 100.0,
+        if rps_met { "MET" } else { "NOT MET" }
+    );
+    println!(
+        "Target (b) p99 <= {} ms at {concurrency} connections: {} ms -> {}",
+        TARGET_P99.as_millis(),
+        ms(p99),
+        if p99_met { "MET" } else { "NOT MET" }
+    );
+    let errors = floor.errors + pass.errors + hits.errors + misses.errors;
+    if errors > 0 {
+        return Err(
+            format!("{errors} requests did not answer 200: the figures are not valid").into(),
+        );
+    }
+    Ok(())
+}
+
+/// The Linux machine in one line: CPU model and count, memory.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+    format!("{cores} cores ({cpu}), {mem_gib:.0} GiB")
+}
+
+// ---------------------------------------------------------------------------
+// Seeding
+// ---------------------------------------------------------------------------
+
+struct Seeded {
+    key_spec: SecretString,
+    api_key: SecretString,
+    connection_ids: Vec<Uuid>,
+    /// The plaintext access token of the first connection (to check an answer).
+    first_access_token: SecretString,
+}
+
+/// A fresh database with one tenant, one API key and `count` connections whose
+/// tokens are sealed as the authorization flow seals them.
+async fn seed(database_url: &str, count: usize) -> Result<Seeded, BoxError> {
+    recreate_database(database_url).await?;
+    let pool = sp_broker::db::connect(database_url).await?;
+    sp_broker::db::migrate(&pool).await?;
+
+    let key_spec = KeyRing::generate_key_spec();
+    let settings = Settings {
+        database_url: database_url.to_owned(),
+        listen: "127.0.0.1:0".into(),
+        public_url: "http://127.0.0.1:1".into(),
+        app_draft: "false".into(),
+        log: "warn".into(),
+        log_format: "text".into(),
+        encryption_keys: Some(key_spec.expose_secret().to_owned()),
+        ..Settings::default()
+    };
+    let config = Config::from_settings(&settings)?;
+    let keys = config.load_key_ring()?;
+    sp_broker::db::key_checks::verify_key_ring(&pool, &keys, time::OffsetDateTime::now_utc())
+        .await?;
+    let state = AppState::new(config, pool, keys, Arc::new(SystemClock));
+
+    let tenant = sp_broker::cli::create_tenant(&state, "bench", Some("Benchmark")).await?;
+    let api_key =
+        sp_broker::cli::create_api_key(&state, "bench", None, &["tokens:issue".into()], "bench")
+            .await?;
+
+    // Batches of 500 in one transaction each, a few transactions at a time.
+    let batches: Vec<(usize, usize)> = (0..count)
+        .step_by(500)
+        .map(|start| (start, (start + 500).min(count)))
+        .collect();
+    let mut connection_ids = Vec::with_capacity(count);
+    let mut first_access_token = None;
+    for group in batches.chunks(8) {
+        let mut tasks = Vec::new();
+        for &(start, end) in group {
+            let state = state.clone();
+            let tenant_id = tenant.id;
+            tasks.push(tokio::spawn(async move {
+                seed_batch(&state, tenant_id, start, end).await
+            }));
+        }
+        for task in tasks {
+            let (ids, first) = task.await??;
+            connection_ids.extend(ids);
+            first_access_token = first_access_token.or(first);
+        }
+    }
+    state.db.close().await;
+    Ok(Seeded {
+        key_spec,
+        api_key,
+        connection_ids,
+        first_access_token: first_access_token.ok_or("no connection seeded")?,
+    })
+}
+
+async fn recreate_database(database_url: &str) -> Result<(), BoxError> {
+    use sqlx::Connection;
+    let mut admin = url::Url::parse(database_url)?;
+    let name = admin.path().trim_start_matches('/').to_owned();
+    if name.is_empty() || name.contains('"') {
+        return Err(format!("database URL must name a database: {database_url}").into());
+    }
+    admin.set_path("/postgres");
+    let mut conn = sqlx::PgConnection::connect(admin.as_str()).await?;
+    sqlx::query(&format!("drop database if exists \"{name}\" with (force)"))
+        .execute(&mut conn)
+        .await?;
+    conn.close().await?;
+    Ok(())
+}
+
+/// Connections `start..end`, as `authorization::store` writes them.
+async fn seed_batch(
+    state: &AppState,
+    tenant_id: Uuid,
+    start: usize,
+    end: usize,
+) -> Result<(Vec<Uuid>, Option<SecretString>), BoxError> {
+    let now = time::OffsetDateTime::now_utc();
+    let tenant = tenant_id.to_string();
+    let mut ids = Vec::with_capacity(end - start);
+    let mut first = None;
+    let mut tx = state.db.begin().await?;
+    for i in start..end {
+        let selling_partner_id = format!("ABENCH{i:08}");
+        let (id, _) = connections::lock_or_create(
+            &mut tx,
+            tenant_id,
+            &selling_partner_id,
+            "na",
+            "seller",
+            "ATVPDKIKX0DER",
+            now,
+        )
+        .await?;
+        // LWA tokens are a few hundred characters: 300 random bytes, base64url.
+        let refresh_token = prefixed("Atzr|", sp_broker::secrets::random_token(300));
+        let access_token = prefixed("Atza|", sp_broker::secrets::random_token(300));
+        let row = id.to_string();
+        let seal = |purpose, secret: &SecretString| {
+            state.keys.seal_str(
+                SealContext {
+                    purpose,
+                    tenant: &tenant,
+                    row: &row,
+                },
+                secret,
+            )
+        };
+        let refresh_sealed = seal(Purpose::RefreshToken, &refresh_token);
+        let access_sealed = seal(Purpose::AccessToken, &access_token);
+        connections::store_authorization(
+            &mut tx,
+            Authorized {
+                id,
+                account_type: "seller",
+                marketplace_id: "ATVPDKIKX0DER",
+                refresh_token_sealed: &refresh_sealed,
+                access_token_sealed: &access_sealed,
+                access_token_expires_at: now + time::Duration::hours(1),
+                now,
+            },
+        )
+        .await?;
+        if i == 0 {
+            first = Some(access_token);
+        }
+        ids.push(id);
+    }
+    tx.commit().await?;
+    Ok((ids, first))
+}
+
+fn prefixed(prefix: &str, token: SecretString) -> SecretString {
+    SecretString::from(format!("{prefix}{}", token.expose_secret()))
+}
+
+// ---------------------------------------------------------------------------
+// The server under test
+// ---------------------------------------------------------------------------
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    /// Starts `sp-broker serve` on a free port and waits until `/readyz` answers 200.
+    async fn start(args: &Args, key_spec: &SecretString) -> Result<Server, BoxError> {
+        let addr = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+            probe.local_addr()?
+        };
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&args.server_log)?;
+        let mut command = Command::new(&args.server_bin);
+        command.arg("serve");
+        // Only what this benchmark sets: no SP_BROKER_* from the caller's shell.
+        for (name, _) in std::env::vars() {
+            if name.starts_with("SP_BROKER_") {
+                command.env_remove(name);
+            }
+        }
+        command
+            .env("DATABASE_URL", &args.database_url)
+            .env("SP_BROKER_ENCRYPTION_KEYS", key_spec.expose_secret())
+            .env("SP_BROKER_LISTEN", addr.to_string())
+            .env("SP_BROKER_PUBLIC_URL", format!("http://{addr}"))
+            .env("SP_BROKER_AMAZON", "sandbox")
+            .env("SP_BROKER_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let child = command
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", args.server_bin.display()))?;
+        let mut server = Server { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = server.child.try_wait()? {
+                return Err(format!(
+                    "sp-broker exited at start-up ({status}); see {}",
+                    args.server_log.display()
+                )
+                .into());
+            }
+            if let Ok(mut conn) = HttpConn::connect(addr).await {
+                let request = format!("GET /readyz HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+                if matches!(conn.round_trip(request.as_bytes()).await, Ok(200)) {
+                    return Ok(server);
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err("sp-broker did not become ready within 60 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Graceful stop (SIGTERM, as an orchestrator would), then waits for exit.
+    fn stop(&mut self) -> Result<(), BoxError> {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.child.try_wait()?.is_none() {
+            if Instant::now() >= deadline {
+                self.child.kill()?;
+                return Err("sp-broker did not stop within 120 s of SIGTERM".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// CPU seconds (user + system) the server process has used so far.
+    fn cpu_seconds(&self) -> f64 {
+        process_cpu_seconds(&format!("/proc/{}/stat", self.child.id()))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) && self.stop().is_err() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// utime + stime from a `/proc/<pid>/stat` file (clock ticks of 1/100 s), or 0.
+fn process_cpu_seconds(stat_path: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(stat_path) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+    match (ticks(11), ticks(12)) {
+        (Some(utime), Some(stime)) => (utime + stime) / 100.0,
+        _ => 0.0,
+    }
+}
+
+/// One request for the first seeded connection: the answer must carry the token
+/// that was sealed for it (so the benchmark measures real, correct answers).
+async fn check_token_answer(addr: SocketAddr, seeded: &Seeded) -> Result<(), BoxError> {
+    let plan = Plan::access_tokens(addr, seeded);
+    let mut conn = HttpConn::connect(addr).await?;
+    let status = conn.round_trip(plan.request(0)).await?;
+    let body: serde_json::Value = serde_json::from_slice(conn.body())?;
+    let expected = seeded.first_access_token.expose_secret();
+    if status != 200 || body["access_token"].as_str() != Some(expected) {
+        return Err(format!("access-token check failed: status {status}").into());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Load generator
+// ---------------------------------------------------------------------------
+
+/// One keep-alive HTTP/1.1 connection; answers must carry Content-Length
+/// (every sp-broker answer does).
+struct HttpConn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    body: std::ops::Range<usize>,
+}
+
+impl HttpConn {
+    async fn connect(addr: SocketAddr) -> Result<HttpConn, BoxError> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(HttpConn {
+            stream,
+            buf: Vec::with_capacity(4096),
+            body: 0..0,
+        })
+    }
+
+    /// Writes one serialized request and reads its whole answer; returns the status.
+    async fn round_trip(&mut self, request: &[u8]) -> Result<u16, BoxError> {
+        self.stream.write_all(request).await?;
+        self.buf.clear();
+        loop {
+            if let Some(head_end) = find(&self.buf, b"\r\n\r\n") {
+                let head = std::str::from_utf8(&self.buf[..head_end])?;
+                let status = head
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|s| s.parse::<u16>().ok())
+                    .ok_or("malformed status line")?;
+                let length = head
+                    .lines()
+                    .filter_map(|l| l.split_once(':'))
+                    .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+                    .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+                    .ok_or("answer without Content-Length")?;
+                let total = head_end + 4 + length;
+                while self.buf.len() < total {
+                    self.read_more().await?;
+                }
+                if self.buf.len() > total {
+                    return Err("unexpected bytes after the answer".into());
+                }
+                self.body = head_end + 4..total;
+                return Ok(status);
+            }
+            self.read_more().await?;
+        }
+    }
+
+    async fn read_more(&mut self) -> Result<(), BoxError> {
+        if self.stream.read_buf(&mut self.buf).await? == 0 {
+            return Err("connection closed by the server".into());
+        }
+        Ok(())
+    }
+
+    fn body(&self) -> &[u8] {
+        &self.buf[self.body.clone()]
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The requests of a phase, serialized once; request `i` is `requests[i % len]`.
+struct Plan {
+    requests: Vec<Vec<u8>>,
+}
+
+impl Plan {
+    fn healthz(addr: SocketAddr) -> Plan {
+        Plan {
+            requests: vec![format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n").into_bytes()],
+        }
+    }
+
+    /// One `POST /v1/connections/{id}/access-token` per seeded connection, with
+    /// the body a typical caller sends (`{}`: defaults).
+    fn access_tokens(addr: SocketAddr, seeded: &Seeded) -> Plan {
+        let key = seeded.api_key.expose_secret();
+        let requests = seeded
+            .connection_ids
+            .iter()
+            .map(|id| {
+                format!(
+                    "POST /v1/connections/{id}/access-token HTTP/1.1\r\nHost: {addr}\r\n\
+                     Authorization: Bearer {key}\r\nContent-Type: application/json\r\n\
+                     Content-Length: 2\r\n\r\n{{}}"
+                )
+                .into_bytes()
+            })
+            .collect();
+        Plan { requests }
+    }
+
+    fn len(&self) -> usize {
+        self.requests.len()
+    }
+
+    fn request(&self, i: usize) -> &[u8] {
+        &self.requests[i % self.requests.len()]
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Limit {
+    /// Run until `end`; record requests started from `record_from` on.
+    Until { record_from: Instant, end: Instant },
+    /// Exactly this many requests (request `i` for `i` in `0..n`), all recorded.
+    Count(usize),
+}
+
+impl Limit {
+    fn timed(warmup: Duration, timed: Duration) -> Limit {
+        let record_from = Instant::now() + warmup;
+        Limit::Until {
+            record_from,
+            end: record_from + timed,
+        }
+    }
+}
+
+#[derive(Default)]
+struct WorkerResult {
+    latencies_ns: Vec<u64>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+struct PhaseResult {
+    requests: usize,
+    errors: u64,
+    window: Duration,
+    /// Sorted.
+    latencies_ns: Vec<u64>,
+    server_cpu: f64,
+    client_cpu: f64,
+}
+
+impl PhaseResult {
+    fn rps(&self) -> f64 {
+        self.requests as f64 / self.window.as_secs_f64()
+    }
+
+    /// Nearest-rank percentile.
+    fn percentile(&self, p: f64) -> Duration {
+        if self.latencies_ns.is_empty() {
+            return Duration::ZERO;
+        }
+        let rank = ((p / 100.0) * self.latencies_ns.len() as f64).ceil() as usize;
+        let index = rank.clamp(1, self.latencies_ns.len()) - 1;
+        Duration::from_nanos(self.latencies_ns[index])
+    }
+}
+
+async fn run_phase(
+    server: &Server,
+    plan: &Plan,
+    concurrency: usize,
+    limit: Limit,
+) -> Result<PhaseResult, BoxError> {
+    let requests: Arc<Vec<Vec<u8>>> = Arc::new(plan.requests.clone());
+    let next = Arc::new(AtomicUsize::new(0));
+    let server_cpu = server.cpu_seconds();
+    let client_cpu = process_cpu_seconds("/proc/self/stat");
+    let started = Instant::now();
+    let mut workers = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        let requests = requests.clone();
+        let next = next.clone();
+        let addr = server.addr;
+        workers.push(tokio::spawn(async move {
+            worker(addr, &requests, &next, limit).await
+        }));
+    }
+    let mut latencies_ns = Vec::new();
+    let mut errors = 0;
+    let mut first_error = None;
+    for worker in workers {
+        let result = worker.await??;
+        latencies_ns.extend(result.latencies_ns);
+        errors += result.errors;
+        first_error = first_error.or(result.first_error);
+    }
+    let finished = Instant::now();
+    let server_cpu = server.cpu_seconds() - server_cpu;
+    let client_cpu = process_cpu_seconds("/proc/self/stat") - client_cpu;
+    if let Some(error) = first_error {
+        eprintln!("  {errors} failed requests; first: {error}");
+    }
+    latencies_ns.sort_unstable();
+    let window = match limit {
+        Limit::Until { record_from, end } => end - record_from,
+        Limit::Count(_) => finished - started,
+    };
+    Ok(PhaseResult {
+        requests: latencies_ns.len(),
+        errors,
+        window,
+        latencies_ns,
+        server_cpu,
+        client_cpu,
+    })
+}
+
+/// One connection's closed loop: take the next request number, send, read the
+/// whole answer, record the latency.
+async fn worker(
+    addr: SocketAddr,
+    requests: &[Vec<u8>],
+    next: &AtomicUsize,
+    limit: Limit,
+) -> Result<WorkerResult, BoxError> {
+    let mut conn = HttpConn::connect(addr).await?;
+    let mut out = WorkerResult::default();
+    loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let record = match limit {
+            Limit::Count(n) if i >= n => break,
+            Limit::Count(_) => true,
+            Limit::Until { end, .. } if started >= end => break,
+            Limit::Until { record_from, .. } => started >= record_from,
+        };
+        let status = conn.round_trip(&requests[i % requests.len()]).await?;
+        let latency = started.elapsed();
+        if record {
+            out.latencies_ns.push(latency.as_nanos() as u64);
+            if status != 200 {
+                out.errors += 1;
+                if out.first_error.is_none() {
+                    out.first_error = Some(format!(
+                        "status {status}: {}",
+                        String::from_utf8_lossy(conn.body())
+                    ));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------
+// Report
+// ---------------------------------------------------------------------------
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+fn print_table(rows: &[(&str, &PhaseResult)]) {
+    let Some((_, floor)) = rows.first() else {
+        return;
+    };
+    println!(
+        "{:<36} {:>9} {:>6} {:>9} {:>8} {:>8} {:>9} {:>9} {:>9} {:>11} {:>11}",
+        "phase",
+        "requests",
+        "errors",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "rps/floor",
+        "p50/floor",
+        "p99/floor",
+        "server µs/r",
+        "client µs/r"
+    );
+    for (name, r) in rows {
+        let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-9);
+        let per_request = |cpu: f64| cpu * 1e6 / (r.requests.max(1) as f64);
+        println!(
+            "{:<36} {:>9} {:>6} {:>9.0} {:>8} {:>8} {:>8.1}% {:>8.2}x {:>8.2}x {:>11.1} {:>11.1}",
+            name,
+            r.requests,
+            r.errors,
+            r.rps(),
+            ms(r.percentile(50.0)),
+            ms(r.percentile(99.0)),
+            r.rps() / floor.rps() * 100.0,
+            ratio(r.percentile(50.0), floor.percentile(50.0)),
+            ratio(r.percentile(99.0), floor.percentile(99.0)),
+            per_request(r.server_cpu),
+            per_request(r.client_cpu),
+        );
+    }
+    println!(
+        "(µs/r: CPU time, user + system, per recorded request over the phase, warm-up included in the\n \
+         numerator for (a) and (b), so read them as upper bounds and compare them with each other.)"
+    );
+}

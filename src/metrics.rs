@@ -1,0 +1,106 @@
+//! Prometheus metrics (`GET /metrics`), names prefixed `sp_broker_`.
+//!
+//! Counters and histograms go through the `metrics` facade, which is global by
+//! design; the recorder is installed once per process. Connection counts by
+//! status and health are read from PostgreSQL at scrape time, so every
+//! instance reports the same, whole-fleet figures for them.
+
+use crate::app::AppState;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Installs the recorder (once per process) and returns its handle.
+pub fn install() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .ok()?;
+            match builder.install_recorder() {
+                Ok(handle) => Some(handle),
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics recorder not installed");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+/// A token handed out: from the cache, freshly refreshed, or the cached one
+/// after a failed refresh.
+pub fn token_issued(source: &'static str) {
+    metrics::counter!("sp_broker_access_tokens_issued_total", "source" => source).increment(1);
+}
+
+/// One call to LWA's token endpoint (retries count separately).
+pub fn lwa_call(grant: &'static str, outcome: &'static str, seconds: f64) {
+    metrics::counter!("sp_broker_lwa_requests_total", "grant" => grant, "outcome" => outcome)
+        .increment(1);
+    metrics::histogram!("sp_broker_lwa_request_duration_seconds", "grant" => grant).record(seconds);
+}
+
+pub fn http_request(route: &str, status: u16, seconds: f64) {
+    let status_class = match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    metrics::counter!("sp_broker_http_requests_total", "route" => route.to_owned(), "status" => status_class)
+        .increment(1);
+    metrics::histogram!("sp_broker_http_request_duration_seconds", "route" => route.to_owned())
+        .record(seconds);
+}
+
+/// `GET /metrics`
+pub async fn metrics_handler(State(state): State<AppState>) -> Response {
+    let Some(handle) = install() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics recorder unavailable",
+        )
+            .into_response();
+    };
+    match crate::http::api::ops::build_summary(&state).await {
+        Ok(summary) => {
+            for (status, count) in &summary.connections_by_status {
+                metrics::gauge!("sp_broker_connections", "status" => status.clone())
+                    .set(*count as f64);
+            }
+            for (health, count) in &summary.connections_by_health {
+                metrics::gauge!("sp_broker_connections_by_health", "health" => health.clone())
+                    .set(*count as f64);
+            }
+            let rejected = if summary.app_credentials.state == "rejected" {
+                1.0
+            } else {
+                0.0
+            };
+            metrics::gauge!("sp_broker_app_credentials_rejected").set(rejected);
+            metrics::gauge!("sp_broker_database_up").set(1.0);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics: database unavailable");
+            metrics::gauge!("sp_broker_database_up").set(0.0);
+        }
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        handle.render(),
+    )
+        .into_response()
+}
