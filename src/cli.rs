@@ -99,6 +99,10 @@ pub enum TenantCommand {
 pub enum KeysCommand {
     /// Print a new random key as KEYID:BASE64.
     Generate,
+    /// Re-seal every stored secret under the active key (resumable, safe while serving).
+    Rotate,
+    /// How many sealed values each key id protects; one JSON object per key id.
+    Status,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +119,8 @@ pub enum CliError {
     Database(#[from] sqlx::Error),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Failed(String),
 }
 
 impl CliError {
@@ -239,7 +245,36 @@ async fn admin(state: &AppState, command: Command) -> Result<(), CliError> {
         Command::ApiKey(ApiKeyCommand::Revoke { id }) => {
             revoke_api_key(state, &id, "cli").await?;
         }
-        Command::Serve { .. } | Command::Migrate | Command::Keys(_) => {}
+        Command::Keys(KeysCommand::Rotate) => {
+            let summary = crate::rotation::rotate(&state.db, &state.keys)
+                .await
+                .map_err(|e| CliError::Failed(e.to_string()))?;
+            db::audit::record(
+                &state.db,
+                state.now(),
+                "cli",
+                "keys.rotated",
+                db::audit::AuditTarget::default(),
+                serde_json::to_value(&summary).unwrap_or_default(),
+            )
+            .await?;
+            println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+        }
+        Command::Keys(KeysCommand::Status) => {
+            let counts = crate::rotation::sealed_counts(&state.db).await?;
+            let mut ids: Vec<String> = state.keys.key_ids().map(str::to_owned).collect();
+            ids.extend(counts.keys().filter(|id| !state.keys.has_key(id)).cloned());
+            for id in ids {
+                let json = serde_json::json!({
+                    "key_id": id,
+                    "active": id == state.keys.active_key_id(),
+                    "configured": state.keys.has_key(&id),
+                    "sealed_values": counts.get(&id).copied().unwrap_or(0),
+                });
+                println!("{json}");
+            }
+        }
+        Command::Serve { .. } | Command::Migrate | Command::Keys(KeysCommand::Generate) => {}
     }
     Ok(())
 }

@@ -20,5 +20,6 @@ pub mod jobs;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
+pub mod rotation;
 pub mod sandbox;
 pub mod secrets;

@@ -1,0 +1,161 @@
+//! Key rotation: re-seals every stored secret under the active key, in small
+//! batches, each batch one transaction with its rows locked (`FOR UPDATE SKIP
+//! LOCKED`), so it can run while brokers serve and can be killed and rerun at
+//! any point: a row is rewritten only once its new ciphertext is ready, and an
+//! old key keeps opening what it sealed until the row is rewritten.
+//!
+//! Run it once every instance has the new key first in
+//! `SP_BROKER_ENCRYPTION_KEYS` (otherwise an instance still sealing with the
+//! old key keeps writing values under it; a rerun picks those up).
+
+use crate::crypto::{KeyRing, Purpose, SealContext};
+use crate::error::Error;
+use serde::Serialize;
+use sqlx::PgPool;
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+const BATCH: i64 = 200;
+
+#[derive(Debug, Serialize)]
+pub struct RotationSummary {
+    pub active_key_id: String,
+    pub rows_rewritten: u64,
+    pub values_resealed: u64,
+    /// Sealed values still under another key (rows locked by a refresh right now); rerun.
+    pub remaining: u64,
+}
+
+#[derive(sqlx::FromRow)]
+struct SealedRow {
+    id: Uuid,
+    tenant_id: Uuid,
+    refresh_token_sealed: Option<Vec<u8>>,
+    access_token_sealed: Option<Vec<u8>>,
+}
+
+fn needs_reseal(keys: &KeyRing, sealed: &Option<Vec<u8>>) -> bool {
+    sealed.as_deref().is_some_and(|v| {
+        KeyRing::key_id_of(v)
+            .map(|id| id != keys.active_key_id())
+            .unwrap_or(false)
+    })
+}
+
+fn reseal(
+    keys: &KeyRing,
+    purpose: Purpose,
+    tenant: &str,
+    row: &str,
+    sealed: &Option<Vec<u8>>,
+) -> Result<Option<Vec<u8>>, Error> {
+    let Some(value) = sealed.as_deref() else {
+        return Ok(None);
+    };
+    let context = SealContext {
+        purpose,
+        tenant,
+        row,
+    };
+    let plaintext = keys.open(context, value)?;
+    Ok(Some(keys.seal(context, &plaintext)))
+}
+
+/// Re-seals all stored secrets under the active key.
+pub async fn rotate(db: &PgPool, keys: &KeyRing) -> Result<RotationSummary, Error> {
+    let active = keys.active_key_id().to_owned();
+    let prefix = active_prefix(&active);
+    let mut rows_rewritten = 0;
+    let mut values_resealed = 0;
+    loop {
+        let mut tx = db.begin().await?;
+        let batch: Vec<SealedRow> = sqlx::query_as(
+            "select id, tenant_id, refresh_token_sealed, access_token_sealed from connection
+             where (refresh_token_sealed is not null and substring(refresh_token_sealed from 1 for $1) <> $2)
+                or (access_token_sealed is not null and substring(access_token_sealed from 1 for $1) <> $2)
+             order by id limit $3 for update skip locked",
+        )
+        .bind(prefix.len() as i32)
+        .bind(&prefix)
+        .bind(BATCH)
+        .fetch_all(&mut *tx)
+        .await?;
+        if batch.is_empty() {
+            break;
+        }
+        for row in &batch {
+            let tenant = row.tenant_id.to_string();
+            let id = row.id.to_string();
+            let refresh = needs_reseal(keys, &row.refresh_token_sealed)
+                .then(|| {
+                    reseal(
+                        keys,
+                        Purpose::RefreshToken,
+                        &tenant,
+                        &id,
+                        &row.refresh_token_sealed,
+                    )
+                })
+                .transpose()?
+                .flatten();
+            let access = needs_reseal(keys, &row.access_token_sealed)
+                .then(|| {
+                    reseal(
+                        keys,
+                        Purpose::AccessToken,
+                        &tenant,
+                        &id,
+                        &row.access_token_sealed,
+                    )
+                })
+                .transpose()?
+                .flatten();
+            values_resealed += u64::from(refresh.is_some()) + u64::from(access.is_some());
+            sqlx::query(
+                "update connection set refresh_token_sealed = coalesce($2, refresh_token_sealed),
+                     access_token_sealed = coalesce($3, access_token_sealed)
+                 where id = $1",
+            )
+            .bind(row.id)
+            .bind(refresh)
+            .bind(access)
+            .execute(&mut *tx)
+            .await?;
+            rows_rewritten += 1;
+        }
+        tx.commit().await?;
+    }
+    let remaining = sealed_counts(db)
+        .await?
+        .into_iter()
+        .filter(|(id, _)| *id != active)
+        .map(|(_, n)| n as u64)
+        .sum();
+    Ok(RotationSummary {
+        active_key_id: active,
+        rows_rewritten,
+        values_resealed,
+        remaining,
+    })
+}
+
+/// The envelope's first bytes for the active key: version, id length, id.
+fn active_prefix(key_id: &str) -> Vec<u8> {
+    let mut prefix = vec![1u8, key_id.len() as u8];
+    prefix.extend_from_slice(key_id.as_bytes());
+    prefix
+}
+
+/// How many sealed values each key id protects.
+pub async fn sealed_counts(db: &PgPool) -> Result<BTreeMap<String, i64>, sqlx::Error> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "select convert_from(substring(v from 3 for get_byte(v, 1)), 'UTF8') as key_id, count(*) from (
+             select refresh_token_sealed as v from connection where refresh_token_sealed is not null
+             union all
+             select access_token_sealed from connection where access_token_sealed is not null
+         ) sealed group by 1",
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
