@@ -158,6 +158,16 @@ async fn whole_flow_connects_a_seller_and_stores_no_plaintext_secret() {
     for secret in ["Atzr|", "Atza|", code.as_str(), state.as_str()] {
         assert!(!dump.contains(secret), "{secret} is stored in plaintext");
     }
+    if let Some(pg_dump) = pg_dump(&app).await {
+        assert!(pg_dump.contains("refresh_token_sealed"), "a real dump");
+        for secret in ["Atzr|", "Atza|", code.as_str(), state.as_str()] {
+            assert!(!pg_dump.contains(secret), "{secret} in pg_dump");
+            assert!(
+                !pg_dump.contains(&bytea_hex(secret)),
+                "{secret} in a bytea column of pg_dump"
+            );
+        }
+    }
 }
 
 #[tokio::test]
@@ -221,6 +231,16 @@ async fn exchange_sends_lwas_form_once_and_the_token_is_stored_sealed() {
     let dump = app.database_dump().await;
     for secret in [REFRESH, ACCESS, "CANARY", code.as_str()] {
         assert!(!dump.contains(secret), "{secret} is stored in plaintext");
+    }
+    if let Some(pg_dump) = pg_dump(&app).await {
+        assert!(pg_dump.contains("refresh_token_sealed"), "a real dump");
+        for secret in [REFRESH, ACCESS, "CANARY", code.as_str()] {
+            assert!(!pg_dump.contains(secret), "{secret} in pg_dump");
+            assert!(
+                !pg_dump.contains(&bytea_hex(secret)),
+                "{secret} in a bytea column of pg_dump"
+            );
+        }
     }
 }
 
@@ -347,4 +367,23 @@ async fn unknown_marketplace_or_account_type_is_refused() {
     let bad_type = browser.connect(US, "wholesaler").await;
     assert_refusal_page(bad_type, 400, "unknown account type").await;
     assert_eq!(oauth_state_count(&app).await, 0);
+}
+
+#[tokio::test]
+async fn a_vendor_connection_is_stored_as_a_vendor() {
+    let app = TestApp::spawn().await;
+    let browser = app.signed_in_browser("acme", "u").await;
+    let connect = browser.connect(GERMANY, "vendor").await;
+    assert_eq!(connect.status(), 303);
+    let callback_url = browser.consent(&location(&connect), "A1VENDOR").await;
+    let callback = browser.client.get(callback_url).send().await.unwrap();
+    assert_eq!(callback.status(), 303);
+    let page = browser.page().await;
+    let rows = rows_for(&page, "A1VENDOR");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].2, "active");
+    let stored = stored_connection(&app, &rows[0].0).await;
+    assert_eq!(stored.account_type, "vendor");
+    assert_eq!(stored.region, "eu");
+    assert!(page.contains("Vendor"));
 }

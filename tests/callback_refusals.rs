@@ -304,3 +304,42 @@ async fn concurrent_replays_make_one_exchange_and_one_connection() {
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].2, "active");
 }
+
+#[tokio::test]
+async fn concurrent_replays_across_two_instances_make_one_exchange() {
+    let mock = token_double_answering(
+        tokens_answer("Atzr|once", "Atza|once").set_delay(Duration::from_millis(300)),
+    )
+    .await;
+    let first = spawn_with_token_double(&mock).await;
+    let token_url = token_url(&mock);
+    let second =
+        TestApp::spawn_on(first.db.clone(), move |s| s.lwa_token_url = Some(token_url)).await;
+    let browser = first.signed_in_browser("acme", "u").await;
+    let url = callback_url(&browser, US, "A1SELLER").await;
+    // Sessions live in PostgreSQL: the same cookie works on either instance
+    // (the cookie jar sends it to both, as they share the host).
+    let on_second = url.replacen(&first.base, &second.base, 1);
+    assert_eq!(
+        browser
+            .client
+            .get(second.url("/settings/connections"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    let responses = futures::future::join_all((0..6).map(|i| {
+        let target = if i % 2 == 0 { &url } else { &on_second };
+        let client = &browser.client;
+        async move { client.get(target).send().await.unwrap() }
+    }))
+    .await;
+    let mut statuses: Vec<u16> = responses.iter().map(|r| r.status().as_u16()).collect();
+    statuses.sort();
+    assert_eq!(statuses, vec![303, 400, 400, 400, 400, 400]);
+    assert_eq!(token_requests(&mock).await, 1, "one exchange across both");
+    assert_eq!(connection_count(&first).await, 1, "one connection row");
+}

@@ -249,3 +249,36 @@ async fn sessions_are_stored_only_as_hashes() {
     assert!(!dump.contains(&token), "login token stored in clear");
     assert!(!dump.contains(&session_id), "session id stored in clear");
 }
+
+#[tokio::test]
+async fn a_session_ends_after_its_absolute_lifetime_however_active() {
+    let app = TestApp::spawn().await;
+    let browser = app.signed_in_browser("acme", "u").await;
+    // Active every hour (well inside the idle timeout) for 11 hours: still in.
+    for _ in 0..11 {
+        app.clock.advance(time::Duration::hours(1));
+        assert_eq!(page_status(&app, &browser.client).await, 200);
+    }
+    app.clock.advance(time::Duration::hours(2));
+    assert_eq!(
+        page_status(&app, &browser.client).await,
+        401,
+        "signed out 12 hours after signing in"
+    );
+    // And its forms no longer work either.
+    let connect = browser.connect(US, "seller").await;
+    assert_eq!(connect.status(), 401);
+    assert_eq!(oauth_state_count(&app).await, 0);
+}
+
+#[tokio::test]
+async fn an_idle_session_that_expired_in_the_store_is_not_used() {
+    let app = TestApp::spawn().await;
+    let browser = app.signed_in_browser("acme", "u").await;
+    assert_eq!(page_status(&app, &browser.client).await, 200);
+    sqlx::query("update browser_session set expires_at = now() - interval '1 second'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(page_status(&app, &browser.client).await, 401);
+}

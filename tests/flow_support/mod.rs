@@ -257,3 +257,40 @@ pub fn rows_for(html: &str, selling_partner_id: &str) -> Vec<(String, String, St
         .filter(|(_, spid, _)| spid == selling_partner_id)
         .collect()
 }
+
+/// `pg_dump` of the test's database (schema and data, bytea in hex), or
+/// `None` when pg_dump is not installed.
+pub async fn pg_dump(app: &TestApp) -> Option<String> {
+    let database: String = sqlx::query_scalar("select current_database()")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let server = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| sp_broker::config::DEFAULT_DATABASE_URL.to_owned());
+    let mut url = url::Url::parse(&server).unwrap();
+    url.set_path(&format!("/{database}"));
+    let output = std::process::Command::new("pg_dump")
+        .arg("--no-owner")
+        .arg(url.as_str())
+        .output();
+    match output {
+        Ok(output) => {
+            assert!(
+                output.status.success(),
+                "pg_dump failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            Some(String::from_utf8(output.stdout).unwrap())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("pg_dump is not installed: checking the column dump only");
+            None
+        }
+        Err(e) => panic!("pg_dump: {e}"),
+    }
+}
+
+/// `value` as PostgreSQL's hex bytea output writes it.
+pub fn bytea_hex(value: &str) -> String {
+    value.bytes().map(|b| format!("{b:02x}")).collect()
+}
