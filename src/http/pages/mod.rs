@@ -323,7 +323,12 @@ pub async fn login(
     } else {
         "/settings/connections"
     };
-    let target = login.return_to.unwrap_or_else(|| default.to_owned());
+    // Checked when the link was made; checked again here, so a stored value
+    // can never send the browser off our origin.
+    let target = login
+        .return_to
+        .and_then(|raw| crate::amazon::consent::validate_return_to(&state.config, &raw))
+        .unwrap_or_else(|| default.to_owned());
     Ok(([(header::CACHE_CONTROL, "no-store")], Redirect::to(&target)).into_response())
 }
 
