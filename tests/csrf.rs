@@ -38,6 +38,8 @@ enum Forgery<'a> {
     NoToken,
     Token(&'a str),
     ForeignOrigin(&'a str),
+    /// The right token, with these headers.
+    Headers(&'a [(&'a str, &'a str)]),
 }
 
 async fn post(
@@ -54,6 +56,12 @@ async fn post(
         Forgery::ForeignOrigin(origin) => {
             form.push(("csrf_token", &browser.csrf));
             request = request.header("origin", *origin);
+        }
+        Forgery::Headers(headers) => {
+            form.push(("csrf_token", &browser.csrf));
+            for (name, value) in *headers {
+                request = request.header(*name, *value);
+            }
         }
     }
     request.form(&form).send().await.unwrap()
@@ -95,6 +103,17 @@ async fn forged_forms_are_refused_with_403_and_change_nothing() {
         ),
         ("Origin: null", Forgery::ForeignOrigin("null")),
         (
+            "Origin: null from another site",
+            Forgery::Headers(&[("origin", "null"), ("sec-fetch-site", "cross-site")]),
+        ),
+        (
+            "a foreign Origin claiming same-origin",
+            Forgery::Headers(&[
+                ("origin", "https://evil.example"),
+                ("sec-fetch-site", "same-origin"),
+            ]),
+        ),
+        (
             "a look-alike Origin",
             Forgery::ForeignOrigin(&format!("{}.evil.example", app.base)),
         ),
@@ -133,9 +152,22 @@ async fn forged_forms_are_refused_with_403_and_change_nothing() {
     )
     .await;
     assert_eq!(own_origin.status(), 303, "own Origin is accepted");
+    // What a real browser sends under Referrer-Policy: no-referrer.
+    let null_same_origin = post(
+        &victim,
+        "/settings/connections/connect",
+        &Forgery::Headers(&[("origin", "null"), ("sec-fetch-site", "same-origin")]),
+        &connect_fields,
+    )
+    .await;
+    assert_eq!(
+        null_same_origin.status(),
+        303,
+        "Origin: null from our own page is accepted"
+    );
     let reconnect = victim.post_action(&id, "reconnect").await;
     assert_eq!(reconnect.status(), 303);
-    assert_eq!(oauth_state_count(&app).await, 2);
+    assert_eq!(oauth_state_count(&app).await, 3);
     let disconnect = victim.post_action(&id, "disconnect").await;
     assert_eq!(disconnect.status(), 303);
     assert_eq!(stored_connection(&app, &id).await.status, "disconnected");

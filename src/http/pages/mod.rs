@@ -275,10 +275,20 @@ impl SignedIn {
 }
 
 /// An `Origin` header, when present, must be sp-broker's own.
+///
+/// One exception: under `Referrer-Policy: no-referrer` (which every page sends,
+/// as Amazon advises) browsers send `Origin: null` even on same-origin form
+/// posts. `null` is accepted only together with `Sec-Fetch-Site: same-origin`,
+/// a header pages cannot set; a cross-site form carries `cross-site` there.
+/// The CSRF token is checked in every case.
 pub fn check_origin(state: &AppState, headers: &HeaderMap) -> Result<(), PageError> {
+    let same_origin_fetch = headers
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes() == b"same-origin");
     match headers.get(header::ORIGIN) {
         None => Ok(()),
         Some(origin) if origin.as_bytes() == state.config.public_url.as_bytes() => Ok(()),
+        Some(origin) if origin.as_bytes() == b"null" && same_origin_fetch => Ok(()),
         Some(_) => {
             tracing::warn!("form refused: foreign Origin");
             Err(PageError::forbidden())
