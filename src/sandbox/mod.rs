@@ -128,10 +128,25 @@ struct ConfirmForm {
 
 /// `POST /sandbox/apps/authorize/confirm`: issues a single-use 5-minute code and
 /// sends the browser back to the app, as Amazon does.
+/// The sandbox's own forms are not to be posted from other sites (Amazon has
+/// its own CSRF defences; these are the sandbox's).
+fn refuse_cross_site(headers: &HeaderMap) -> Result<(), PageError> {
+    let site = headers.get("sec-fetch-site").map(|v| v.as_bytes());
+    if matches!(site, Some(b"cross-site" | b"same-site")) {
+        return Err(amazon_error(
+            "MD9300",
+            "This form must be sent from the sandbox's own page.",
+        ));
+    }
+    Ok(())
+}
+
 async fn confirm(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Form(form): Form<ConfirmForm>,
 ) -> Result<Response, PageError> {
+    refuse_cross_site(&headers)?;
     let spid = form.selling_partner_id.trim();
     if spid.is_empty() || spid.len() > 64 || !spid.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return Err(amazon_error(
@@ -231,8 +246,10 @@ struct RevokeForm {
 /// Every refresh token of that seller answers `invalid_grant` from now on.
 async fn revoke(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Form(form): Form<RevokeForm>,
 ) -> Result<Response, PageError> {
+    refuse_cross_site(&headers)?;
     let revoked = revoke_seller(&state, &form.selling_partner_id, state.now()).await?;
     let message = format!(
         "Revoked {revoked} authorization(s) of {}.",
