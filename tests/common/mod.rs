@@ -373,3 +373,103 @@ pub fn query_param(url: &str, name: &str) -> Option<String> {
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.into_owned())
 }
+
+/// The sealing context of a connection's secret (as the broker binds it).
+pub fn connection_seal_context<'a>(
+    purpose: sp_broker::crypto::Purpose,
+    tenant: &'a str,
+    row: &'a str,
+) -> sp_broker::crypto::SealContext<'a> {
+    sp_broker::crypto::SealContext {
+        purpose,
+        tenant,
+        row,
+    }
+}
+
+impl TestApp {
+    /// An API key, as `sp-broker api-key create` makes it: a tenant key when
+    /// `tenant_slug` is given (the tenant must exist), else a platform key;
+    /// `scopes` empty means the default scopes.
+    pub async fn api_key(&self, tenant_slug: Option<&str>, scopes: &[&str]) -> String {
+        use secrecy::ExposeSecret;
+        let tenant_id = match tenant_slug {
+            Some(slug) => Some(
+                sp_broker::db::tenants::find_tenant_by_slug(&self.pool, slug)
+                    .await
+                    .unwrap()
+                    .expect("tenant exists")
+                    .id,
+            ),
+            None => None,
+        };
+        let scopes: Vec<String> = scopes.iter().map(|s| (*s).to_owned()).collect();
+        sp_broker::cli::create_api_key(&self.state, "test key", tenant_id, &scopes, "test")
+            .await
+            .unwrap()
+            .expose_secret()
+            .to_owned()
+    }
+
+    /// Seeds an active seller connection (United States, region na) directly in
+    /// the database, as a completed authorization would leave it: `refresh_token`
+    /// and `access_token` sealed like the broker seals them, the access token
+    /// expiring `access_expires_in` from the app's clock. The tenant is created
+    /// if needed. No call to Amazon is made. Returns the connection id.
+    pub async fn seed_connection(
+        &self,
+        tenant_slug: &str,
+        selling_partner_id: &str,
+        refresh_token: &str,
+        access_token: &str,
+        access_expires_in: time::Duration,
+    ) -> uuid::Uuid {
+        use sp_broker::crypto::Purpose;
+        let tenant = match sp_broker::db::tenants::find_tenant_by_slug(&self.pool, tenant_slug)
+            .await
+            .unwrap()
+        {
+            Some(t) => t,
+            None => self.create_tenant(tenant_slug).await,
+        };
+        let now = self.state.now();
+        let mut tx = self.pool.begin().await.unwrap();
+        let (id, _) = sp_broker::db::connections::lock_or_create(
+            &mut tx,
+            tenant.id,
+            selling_partner_id,
+            "na",
+            "seller",
+            "ATVPDKIKX0DER",
+            now,
+        )
+        .await
+        .unwrap();
+        let tenant_str = tenant.id.to_string();
+        let row = id.to_string();
+        let refresh_sealed = self.state.keys.seal_str(
+            connection_seal_context(Purpose::RefreshToken, &tenant_str, &row),
+            &secrecy::SecretString::from(refresh_token.to_owned()),
+        );
+        let access_sealed = self.state.keys.seal_str(
+            connection_seal_context(Purpose::AccessToken, &tenant_str, &row),
+            &secrecy::SecretString::from(access_token.to_owned()),
+        );
+        sp_broker::db::connections::store_authorization(
+            &mut tx,
+            sp_broker::db::connections::Authorized {
+                id,
+                account_type: "seller",
+                marketplace_id: "ATVPDKIKX0DER",
+                refresh_token_sealed: &refresh_sealed,
+                access_token_sealed: &access_sealed,
+                access_token_expires_at: now + access_expires_in,
+                now,
+            },
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        id
+    }
+}
