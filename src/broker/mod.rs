@@ -383,6 +383,7 @@ impl TokenBroker {
                 self.instance_id,
                 now,
                 now + LEASE_DURATION,
+                snapshot.token.as_ref().map(|t| t.expires_at),
             )
             .await?
             else {

@@ -213,8 +213,9 @@ pub async fn find_token_state(
 
 /// Claims the refresh lease if it is free (or expired) and returns the sealed
 /// refresh token. Holds no database connection while Amazon is called: the
-/// lease is a row value, not a lock. `None` when another instance holds it or
-/// the connection is no longer active.
+/// lease is a row value, not a lock. `None` when another instance holds it,
+/// the token changed since `seen_expires_at` was read, or the connection is no
+/// longer active.
 #[tracing::instrument(skip_all)]
 pub async fn claim_refresh_lease(
     db: impl PgExecutor<'_>,
@@ -222,10 +223,14 @@ pub async fn claim_refresh_lease(
     owner: Uuid,
     now: OffsetDateTime,
     until: OffsetDateTime,
+    seen_expires_at: Option<OffsetDateTime>,
 ) -> Result<Option<Option<Vec<u8>>>, sqlx::Error> {
+    // The token must still be the one the caller read: if another instance
+    // refreshed in between, the claim fails and the caller re-reads it.
     sqlx::query_scalar(
         "update connection set refresh_lease_owner = $2, refresh_lease_until = $4
          where id = $1 and status = 'active'
+           and access_token_expires_at is not distinct from $5
            and (refresh_lease_until is null or refresh_lease_until <= $3 or refresh_lease_owner = $2)
          returning refresh_token_sealed",
     )
@@ -233,6 +238,7 @@ pub async fn claim_refresh_lease(
     .bind(owner)
     .bind(now)
     .bind(until)
+    .bind(seen_expires_at)
     .fetch_optional(db)
     .await
 }
