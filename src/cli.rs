@@ -206,28 +206,12 @@ async fn admin(state: &AppState, command: Command) -> Result<(), CliError> {
             tenant,
             scopes,
         }) => {
-            let tenant_id = match tenant {
-                Some(slug) => Some(
-                    tenants::find_tenant_by_slug(&state.db, &slug)
-                        .await?
-                        .ok_or_else(|| CliError::Usage(format!("--tenant: no tenant `{slug}`")))?
-                        .id,
-                ),
-                None => None,
-            };
+            let tenant_id = tenant_id_of(state, tenant.as_deref()).await?;
             let key = create_api_key(state, &name, tenant_id, &scopes, "cli").await?;
             println!("{}", key.expose_secret());
         }
         Command::ApiKey(ApiKeyCommand::List { tenant }) => {
-            let tenant_id = match tenant {
-                Some(slug) => Some(
-                    tenants::find_tenant_by_slug(&state.db, &slug)
-                        .await?
-                        .ok_or_else(|| CliError::Usage(format!("--tenant: no tenant `{slug}`")))?
-                        .id,
-                ),
-                None => None,
-            };
+            let tenant_id = tenant_id_of(state, tenant.as_deref()).await?;
             for key in db::api_keys::list_api_keys(&state.db, tenant_id).await? {
                 let json = serde_json::json!({
                     "id": key.id,
@@ -277,6 +261,20 @@ async fn admin(state: &AppState, command: Command) -> Result<(), CliError> {
         Command::Serve { .. } | Command::Migrate | Command::Keys(KeysCommand::Generate) => {}
     }
     Ok(())
+}
+
+/// The id of the tenant `--tenant SLUG` names, if given.
+async fn tenant_id_of(
+    state: &AppState,
+    slug: Option<&str>,
+) -> Result<Option<uuid::Uuid>, CliError> {
+    let Some(slug) = slug else {
+        return Ok(None);
+    };
+    let tenant = tenants::find_tenant_by_slug(&state.db, slug)
+        .await?
+        .ok_or_else(|| CliError::Usage(format!("--tenant: no tenant `{slug}`")))?;
+    Ok(Some(tenant.id))
 }
 
 fn rfc3339(at: Option<time::OffsetDateTime>) -> Option<String> {

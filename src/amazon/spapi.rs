@@ -41,23 +41,26 @@ pub struct SellerAccount {
     pub marketplace_ids: Vec<String>,
 }
 
+/// Sends an SP-API request; anything but 200 is an error.
+async fn send(request: reqwest::RequestBuilder) -> Result<reqwest::Response, SpApiError> {
+    let response = request.send().await.map_err(|_| SpApiError::Unavailable)?;
+    match response.status().as_u16() {
+        200 => Ok(response),
+        403 => Err(SpApiError::Unauthorized),
+        429 => Err(SpApiError::Throttled),
+        other => Err(SpApiError::Status(other)),
+    }
+}
+
 pub async fn marketplace_participations(
     http: &reqwest::Client,
     endpoint: &str,
     access_token: &SecretString,
 ) -> Result<SellerAccount, SpApiError> {
-    let response = http
+    let request = http
         .get(format!("{endpoint}/sellers/v1/marketplaceParticipations"))
-        .header("x-amz-access-token", access_token.expose_secret())
-        .send()
-        .await
-        .map_err(|_| SpApiError::Unavailable)?;
-    match response.status().as_u16() {
-        200 => {}
-        403 => return Err(SpApiError::Unauthorized),
-        429 => return Err(SpApiError::Throttled),
-        other => return Err(SpApiError::Status(other)),
-    }
+        .header("x-amz-access-token", access_token.expose_secret());
+    let response = send(request).await?;
     let body: Participations = response.json().await.map_err(|_| SpApiError::Unavailable)?;
     let store_name = body
         .payload
@@ -111,19 +114,11 @@ pub async fn restricted_data_token(
     if let Some(target) = target_application {
         body["targetApplication"] = serde_json::Value::String(target.to_owned());
     }
-    let response = http
+    let request = http
         .post(format!("{endpoint}/tokens/2021-03-01/restrictedDataToken"))
         .header("x-amz-access-token", access_token.expose_secret())
-        .json(&body)
-        .send()
-        .await
-        .map_err(|_| SpApiError::Unavailable)?;
-    match response.status().as_u16() {
-        200 => {}
-        403 => return Err(SpApiError::Unauthorized),
-        429 => return Err(SpApiError::Throttled),
-        other => return Err(SpApiError::Status(other)),
-    }
+        .json(&body);
+    let response = send(request).await?;
     let body: RdtBody = response.json().await.map_err(|_| SpApiError::Unavailable)?;
     match (body.restricted_data_token, body.expires_in, body.payload) {
         (Some(token), Some(expires_in), _) => Ok((token, expires_in)),
