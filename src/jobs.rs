@@ -1,5 +1,5 @@
 //! Background work of each instance: flushing token-issue counts to the audit
-//! tables, and deleting expired one-time values and sessions. Each job has a
+//! tables, draining metrics histograms, and deleting expired one-time values and sessions. Each job has a
 //! `run_once` for tests; [`run`] loops until stopped and flushes on the way out.
 
 use crate::app::AppState;
@@ -43,6 +43,11 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
             _ = flush.tick() => {
                 if let Err(e) = flush_usage_once(&state).await {
                     tracing::warn!(error = %e, "could not flush token-issue counts");
+                }
+                // Histogram samples wait in memory until drained into their
+                // buckets: without this they grow until the next scrape.
+                if let Some(handle) = crate::metrics::install() {
+                    handle.run_upkeep();
                 }
             }
             _ = clean.tick() => {
