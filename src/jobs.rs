@@ -6,6 +6,7 @@ use crate::app::AppState;
 use crate::db::{login_tokens, oauth_states, sessions::PgSessionStore, usage};
 use std::time::Duration;
 use tokio::sync::watch;
+use uuid::Uuid;
 
 const FLUSH_EVERY: Duration = Duration::from_secs(5);
 const CLEAN_EVERY: Duration = Duration::from_secs(300);
@@ -17,8 +18,19 @@ pub async fn flush_usage_once(state: &AppState) -> Result<(), sqlx::Error> {
         return Ok(());
     }
     let now = state.now();
-    for ((key_id, connection_id), count) in counts {
-        usage::add_token_issues(&state.db, key_id, connection_id, count as i64, now).await?;
+    // One statement per few thousand pairs, not one per pair: with thousands
+    // of busy connections a per-pair flush costs PostgreSQL more than the
+    // token requests it counts.
+    let mut pairs: Vec<_> = counts.into_iter().collect();
+    pairs.sort_unstable_by_key(|(pair, _)| *pair);
+    for chunk in pairs.chunks(5000) {
+        let key_ids: Vec<Uuid> = chunk.iter().map(|((key, _), _)| *key).collect();
+        let connection_ids: Vec<Uuid> = chunk
+            .iter()
+            .map(|((_, connection), _)| *connection)
+            .collect();
+        let issued: Vec<i64> = chunk.iter().map(|(_, n)| *n as i64).collect();
+        usage::add_token_issues(&state.db, &key_ids, &connection_ids, &issued, now).await?;
     }
     Ok(())
 }
