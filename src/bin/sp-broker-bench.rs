@@ -10,16 +10,20 @@
 //!    (sandbox Amazon, which is never called: every token is cached),
 //!    `SP_BROKER_LOG=warn`, and waits for `/readyz`.
 //! 3. Drives it with its own closed-loop HTTP/1.1 load generator (C keep-alive
-//!    connections, each sending its next request when the last answer is read):
-//!    (a) `GET /healthz`, warm-up then a timed window;
-//!    (b) a warm-up pass that asks once for every connection's token (loading
-//!        all of them into the in-memory cache), then cache-hit
-//!        `POST /v1/connections/{id}/access-token` cycling over all connections,
-//!        warm-up then a timed window;
-//!    (c) stops the server, starts it again (in-memory cache empty) and asks once
-//!        per connection: every answer is read from PostgreSQL.
+//!    connections, each sending its next request when the last answer is read;
+//!    latency is from writing a request to reading the last byte of its answer):
+//!    phase (a) is `GET /healthz`, warm-up then a timed window; phase (b) is
+//!    cache-hit `POST /v1/connections/{id}/access-token` cycling over all
+//!    connections, warm-up then a timed window (before the first round, one
+//!    request per connection loads every token into the in-memory cache).
+//!    (a) then (b) run R rounds (default 5), each after the server and PostgreSQL
+//!    have gone idle, and the figures pool the rounds: the speed of this kind
+//!    of machine drifts by tens of percent over tens of seconds. Phase (c) stops
+//!    the server, starts it again (in-memory cache empty) and asks once per
+//!    connection: every answer is read from PostgreSQL.
 //! 4. Prints requests per second, p50, p99, the ratios to the floor, the CPU time
-//!    server and load generator spent per request, and whether the targets hold.
+//!    per request of the server, the load generator and PostgreSQL, and whether
+//!    the targets hold. Exits non-zero if any answer was not 200.
 //!
 //! The load generator is deliberately minimal (pre-serialized requests, a
 //! Content-Length reader, no allocation per request beyond the read buffer) so
@@ -90,9 +94,16 @@ struct Args {
     /// Warm-up before each timed window (not counted), seconds.
     #[arg(long, env = "BENCH_WARMUP_SECONDS", default_value_t = 2)]
     warmup_seconds: u64,
+    /// Rounds of (a) then (b); the table pools them (the machine's speed drifts).
+    #[arg(long, env = "BENCH_ROUNDS", default_value_t = 5)]
+    rounds: u32,
     /// Worker threads of the load generator's runtime.
     #[arg(long, env = "BENCH_CLIENT_THREADS", default_value_t = 2)]
     client_threads: usize,
+    /// Profile the server with `perf record -g` over the timed windows of (a) and
+    /// (b), writing DIR/a.perf.data and DIR/b.perf.data (perturbs the figures).
+    #[arg(long, value_name = "DIR")]
+    perf_dir: Option<PathBuf>,
 }
 
 fn main() -> Result<(), BoxError> {
@@ -121,7 +132,8 @@ async fn run(args: Args) -> Result<(), BoxError> {
         args.client_threads.max(1)
     );
     println!(
-        "  phases:    (a), (b) {} s warm-up + {} s timed each; (c) one request per connection",
+        "  phases:    {} round(s) of (a) then (b), each {} s warm-up + {} s timed; (c) one request per connection",
+        args.rounds.max(1),
         warmup.as_secs(),
         timed.as_secs()
     );
@@ -135,32 +147,77 @@ async fn run(args: Args) -> Result<(), BoxError> {
         started.elapsed().as_secs_f64()
     );
     std::fs::write(&args.server_log, b"")?;
+    if let Some(dir) = &args.perf_dir {
+        std::fs::create_dir_all(dir)?;
+    }
 
     // 2. Start the server.
     let mut server = Server::start(&args, &seeded.key_spec).await?;
     check_token_answer(server.addr, &seeded).await?;
-
-    // (a) the floor.
-    let healthz = Plan::healthz(server.addr);
-    let floor = run_phase(&server, &healthz, concurrency, Limit::timed(warmup, timed)).await?;
-
-    // (b) warm-up pass: every connection loaded into memory, then cache hits.
-    let tokens = Plan::access_tokens(server.addr, &seeded);
-    let first_load = Instant::now();
-    let pass = run_phase(&server, &tokens, concurrency, Limit::Count(tokens.len())).await?;
-    println!(
-        "  warm-up:   one request per connection ({} loads from PostgreSQL) took {:.2} s",
-        pass.requests,
-        pass.window.as_secs_f64()
-    );
-    let hits = run_phase(&server, &tokens, concurrency, Limit::timed(warmup, timed)).await?;
-    let hit_span = first_load.elapsed();
-    if hit_span >= BROKER_RECHECK {
+    if warmup + timed >= BROKER_RECHECK {
         println!(
-            "  WARNING:   phase (b) ended {:.0} s after the first load: some answers were re-reads from PostgreSQL (recheck after {} s)",
-            hit_span.as_secs_f64(),
+            "  WARNING:   warm-up + timed >= {} s: cached connections get re-read from PostgreSQL during (b)",
             BROKER_RECHECK.as_secs()
         );
+    }
+
+    // (a) and (b), `rounds` times; the figures pool all rounds.
+    let healthz = Plan::healthz(server.addr);
+    let tokens = Plan::access_tokens(server.addr, &seeded);
+    let perf = |phase: &str| {
+        args.perf_dir
+            .as_ref()
+            .map(|d| d.join(format!("{phase}.perf.data")))
+    };
+    let mut floor = PhaseResult::default();
+    let mut hits = PhaseResult::default();
+    let mut pass_errors = 0;
+    // When the cached entries were last loaded: the broker re-reads an entry
+    // from PostgreSQL once it is BROKER_RECHECK old.
+    let mut last_load_end: Option<Instant> = None;
+    for round in 1..=args.rounds.max(1) {
+        // Nothing left over from the round before (the usage flush, say) may
+        // run in this round's floor.
+        settle(&server).await;
+        let limit = Limit::timed(warmup, timed);
+        profile(&server, limit, perf("a").filter(|_| round == 1));
+        let a = run_phase(&server, &healthz, concurrency, limit).await?;
+
+        match last_load_end {
+            // Round 1: one request per connection loads every token into memory.
+            None => {
+                let pass =
+                    run_phase(&server, &tokens, concurrency, Limit::Count(tokens.len())).await?;
+                println!(
+                    "  warm-up:   one request per connection ({} loads from PostgreSQL) took {:.2} s",
+                    pass.requests,
+                    pass.window.as_secs_f64()
+                );
+                pass_errors += pass.errors;
+                last_load_end = Some(Instant::now());
+            }
+            // Later rounds: wait until every entry is due for its re-read, so
+            // that all re-reads happen in the warm-up and none in the timed window.
+            Some(end) => {
+                tokio::time::sleep_until((end + BROKER_RECHECK + Duration::from_secs(1)).into())
+                    .await;
+                last_load_end = Some(Instant::now() + warmup);
+            }
+        }
+        let limit = Limit::timed(warmup, timed);
+        profile(&server, limit, perf("b").filter(|_| round == 1));
+        let b = run_phase(&server, &tokens, concurrency, limit).await?;
+        println!(
+            "  round {round}:   (a) {:>6.0} req/s, p99 {} ms   (b) {:>6.0} req/s, p99 {} ms   (b)/(a) {:.1} %   server RSS {} MiB",
+            a.rps(),
+            ms(a.percentile(99.0)),
+            b.rps(),
+            ms(b.percentile(99.0)),
+            b.rps() / a.rps() * 100.0,
+            server.rss_mib()
+        );
+        floor.merge(a);
+        hits.merge(b);
     }
 
     // (c) restart: the in-memory cache is empty, every answer comes from PostgreSQL.
@@ -194,7 +251,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
         ms(p99),
         if p99_met { "MET" } else { "NOT MET" }
     );
-    let errors = floor.errors + pass.errors + hits.errors + misses.errors;
+    let errors = floor.errors + pass_errors + hits.errors + misses.errors;
     if errors > 0 {
         return Err(
             format!("{errors} requests did not answer 200: the figures are not valid").into(),
@@ -306,6 +363,7 @@ async fn recreate_database(database_url: &str) -> Result<(), BoxError> {
     if name.is_empty() || name.contains('"') {
         return Err(format!("database URL must name a database: {database_url}").into());
     }
+    let _ = BENCH_DB.set(name.clone());
     admin.set_path("/postgres");
     let mut conn = sqlx::PgConnection::connect(admin.as_str()).await?;
     sqlx::query(&format!("drop database if exists \"{name}\" with (force)"))
@@ -459,10 +517,21 @@ impl Server {
         }
         Ok(())
     }
+}
 
-    /// CPU seconds (user + system) the server process has used so far.
-    fn cpu_seconds(&self) -> f64 {
-        process_cpu_seconds(&format!("/proc/{}/stat", self.child.id()))
+impl Server {
+    /// Resident memory of the server process, MiB (0 if unknown).
+    fn rss_mib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|status| {
+                status
+                    .lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|kib| kib.parse::<u64>().ok())
+            })
+            .map_or(0, |kib| kib / 1024)
     }
 }
 
@@ -473,6 +542,119 @@ impl Drop for Server {
             let _ = self.child.wait();
         }
     }
+}
+
+/// CPU seconds used so far by the server, this process (the load generator)
+/// and PostgreSQL (every process named `postgres`).
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    server: f64,
+    client: f64,
+    postgres: f64,
+    /// Busy CPU time of the whole machine (`/proc/stat`).
+    machine: f64,
+}
+
+impl Cpu {
+    /// CPU time taken by anything else than the three (other jobs on the machine).
+    fn others(&self) -> f64 {
+        (self.machine - self.server - self.client - self.postgres).max(0.0)
+    }
+}
+
+impl std::ops::Add for Cpu {
+    type Output = Cpu;
+    fn add(self, other: Cpu) -> Cpu {
+        Cpu {
+            server: self.server + other.server,
+            client: self.client + other.client,
+            postgres: self.postgres + other.postgres,
+            machine: self.machine + other.machine,
+        }
+    }
+}
+
+impl std::ops::Sub for Cpu {
+    type Output = Cpu;
+    fn sub(self, before: Cpu) -> Cpu {
+        Cpu {
+            server: self.server - before.server,
+            client: self.client - before.client,
+            postgres: self.postgres - before.postgres,
+            machine: self.machine - before.machine,
+        }
+    }
+}
+
+/// The benchmark database's name: PostgreSQL backends of other databases (other
+/// people's tests, say) count as "others", not as this benchmark's PostgreSQL.
+static BENCH_DB: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+fn cpu_sample(pid: u32) -> Cpu {
+    let postgres = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "postgres")
+                && std::fs::read(e.path().join("cmdline"))
+                    .is_ok_and(|c| is_bench_postgres(&String::from_utf8_lossy(&c)))
+        })
+        .map(|e| process_cpu_seconds(&e.path().join("stat").to_string_lossy()))
+        .sum();
+    Cpu {
+        server: process_cpu_seconds(&format!("/proc/{pid}/stat")),
+        client: process_cpu_seconds("/proc/self/stat"),
+        postgres,
+        machine: machine_busy_seconds(),
+    }
+}
+
+/// Whether a PostgreSQL process (by its title, e.g. `postgres: 15/main:
+/// postgres sp_broker_bench 127.0.0.1(5678) idle`) works for the benchmark:
+/// the postmaster and shared workers (WAL writer, checkpointer…) do; a backend
+/// or autovacuum worker does only for the benchmark database.
+fn is_bench_postgres(title: &str) -> bool {
+    let Some(rest) = title.strip_prefix("postgres: ") else {
+        return true; // the postmaster: its command line is left as started
+    };
+    // Drop the optional cluster name (`15/main: `).
+    let rest = rest.split_once(": ").map_or(rest, |(_, r)| r);
+    let words: Vec<&str> = rest.split_whitespace().collect();
+    let bench_db = BENCH_DB.get().map_or("", String::as_str);
+    match words.as_slice() {
+        ["autovacuum", "worker", db, ..] => *db == bench_db,
+        [_user, db, host, ..] if host.contains('(') || host.starts_with("[local]") => {
+            *db == bench_db
+        }
+        _ => true,
+    }
+}
+
+/// Busy CPU seconds of all cores since boot: the first line of `/proc/stat`
+/// minus idle and iowait.
+fn machine_busy_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return 0.0;
+    };
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    let total: f64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3).copied().unwrap_or(0.0) + ticks.get(4).copied().unwrap_or(0.0);
+    (total - idle) / 100.0
 }
 
 /// utime + stime from a `/proc/<pid>/stat` file (clock ticks of 1/100 s), or 0.
@@ -490,6 +672,49 @@ fn process_cpu_seconds(stat_path: &str) -> f64 {
         (Some(utime), Some(stime)) => (utime + stime) / 100.0,
         _ => 0.0,
     }
+}
+
+/// Waits (up to 60 s) until the server and PostgreSQL are idle: under 5 % of a
+/// core each over half a second.
+async fn settle(server: &Server) {
+    let pid = server.child.id();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let before = cpu_sample(pid);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let used = cpu_sample(pid) - before;
+        if used.server < 0.025 && used.postgres < 0.025 {
+            return;
+        }
+        if Instant::now() >= deadline {
+            println!("  WARNING:   server or PostgreSQL still busy after 60 s; measuring anyway");
+            return;
+        }
+    }
+}
+
+/// With `output`, runs `perf record` on the server over the timed window of `limit`.
+fn profile(server: &Server, limit: Limit, output: Option<PathBuf>) {
+    let (Some(output), Limit::Until { record_from, end }) = (output, limit) else {
+        return;
+    };
+    let pid = server.child.id().to_string();
+    tokio::spawn(async move {
+        tokio::time::sleep_until(record_from.into()).await;
+        let seconds = (end - record_from).as_secs().to_string();
+        let recorded = tokio::task::spawn_blocking(move || {
+            Command::new("perf")
+                .args(["record", "-q", "-g", "-F", "999", "-p", &pid, "-o"])
+                .arg(&output)
+                .args(["--", "sleep", &seconds])
+                .stdout(Stdio::null())
+                .status()
+        })
+        .await;
+        if !matches!(recorded, Ok(Ok(status)) if status.success()) {
+            eprintln!("  perf record failed");
+        }
+    });
 }
 
 /// One request for the first seeded connection: the answer must carry the token
@@ -579,13 +804,16 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// The requests of a phase, serialized once; request `i` is `requests[i % len]`.
 struct Plan {
-    requests: Vec<Vec<u8>>,
+    requests: Arc<Vec<Vec<u8>>>,
 }
 
 impl Plan {
     fn healthz(addr: SocketAddr) -> Plan {
         Plan {
-            requests: vec![format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n").into_bytes()],
+            requests: Arc::new(vec![format!(
+                "GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n"
+            )
+            .into_bytes()]),
         }
     }
 
@@ -605,7 +833,9 @@ impl Plan {
                 .into_bytes()
             })
             .collect();
-        Plan { requests }
+        Plan {
+            requests: Arc::new(requests),
+        }
     }
 
     fn len(&self) -> usize {
@@ -638,21 +868,39 @@ impl Limit {
 #[derive(Default)]
 struct WorkerResult {
     latencies_ns: Vec<u64>,
+    /// Bytes of the last answer (head and body).
+    answer_bytes: usize,
     errors: u64,
     first_error: Option<String>,
 }
 
+#[derive(Default)]
 struct PhaseResult {
     requests: usize,
     errors: u64,
     window: Duration,
     /// Sorted.
     latencies_ns: Vec<u64>,
-    server_cpu: f64,
-    client_cpu: f64,
+    /// Size of an answer and of a request on the wire.
+    answer_bytes: usize,
+    request_bytes: usize,
+    /// CPU used over the recorded part of the phase.
+    cpu: Cpu,
 }
 
 impl PhaseResult {
+    /// Pools another run of the same phase into this one.
+    fn merge(&mut self, other: PhaseResult) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.window += other.window;
+        self.latencies_ns.extend(other.latencies_ns);
+        self.latencies_ns.sort_unstable();
+        self.answer_bytes = other.answer_bytes;
+        self.request_bytes = other.request_bytes;
+        self.cpu = self.cpu + other.cpu;
+    }
+
     fn rps(&self) -> f64 {
         self.requests as f64 / self.window.as_secs_f64()
     }
@@ -674,11 +922,29 @@ async fn run_phase(
     concurrency: usize,
     limit: Limit,
 ) -> Result<PhaseResult, BoxError> {
-    let requests: Arc<Vec<Vec<u8>>> = Arc::new(plan.requests.clone());
+    let requests = plan.requests.clone();
     let next = Arc::new(AtomicUsize::new(0));
-    let server_cpu = server.cpu_seconds();
-    let client_cpu = process_cpu_seconds("/proc/self/stat");
     let started = Instant::now();
+    // CPU used by server and load generator over the recorded part of the phase.
+    let pid = server.child.id();
+    let sampler = tokio::spawn(async move {
+        let (from, to) = match limit {
+            Limit::Until { record_from, end } => (Some(record_from), Some(end)),
+            Limit::Count(_) => (None, None),
+        };
+        if let Some(from) = from {
+            tokio::time::sleep_until(from.into()).await;
+        }
+        let before = cpu_sample(pid);
+        let after = match to {
+            Some(to) => {
+                tokio::time::sleep_until(to.into()).await;
+                Some(cpu_sample(pid))
+            }
+            None => None,
+        };
+        (before, after)
+    });
     let mut workers = Vec::with_capacity(concurrency);
     for _ in 0..concurrency {
         let requests = requests.clone();
@@ -689,17 +955,21 @@ async fn run_phase(
         }));
     }
     let mut latencies_ns = Vec::new();
+    let mut answer_bytes = 0;
     let mut errors = 0;
     let mut first_error = None;
     for worker in workers {
         let result = worker.await??;
         latencies_ns.extend(result.latencies_ns);
+        answer_bytes = answer_bytes.max(result.answer_bytes);
         errors += result.errors;
         first_error = first_error.or(result.first_error);
     }
     let finished = Instant::now();
-    let server_cpu = server.cpu_seconds() - server_cpu;
-    let client_cpu = process_cpu_seconds("/proc/self/stat") - client_cpu;
+    // Timed phase: the sampler measured the recorded window; counted: start to finish.
+    let (before, after) = sampler.await?;
+    let after = after.unwrap_or_else(|| cpu_sample(pid));
+    let cpu = after - before;
     if let Some(error) = first_error {
         eprintln!("  {errors} failed requests; first: {error}");
     }
@@ -713,8 +983,9 @@ async fn run_phase(
         errors,
         window,
         latencies_ns,
-        server_cpu,
-        client_cpu,
+        answer_bytes,
+        request_bytes: plan.request(0).len(),
+        cpu,
     })
 }
 
@@ -739,6 +1010,7 @@ async fn worker(
         };
         let status = conn.round_trip(&requests[i % requests.len()]).await?;
         let latency = started.elapsed();
+        out.answer_bytes = conn.buf.len();
         if record {
             out.latencies_ns.push(latency.as_nanos() as u64);
             if status != 200 {
@@ -767,8 +1039,9 @@ fn print_table(rows: &[(&str, &PhaseResult)]) {
     let Some((_, floor)) = rows.first() else {
         return;
     };
+    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-9);
     println!(
-        "{:<36} {:>9} {:>6} {:>9} {:>8} {:>8} {:>9} {:>9} {:>9} {:>11} {:>11}",
+        "{:<34} {:>8} {:>6} {:>8} {:>7} {:>7} {:>9} {:>9} {:>9}",
         "phase",
         "requests",
         "errors",
@@ -777,15 +1050,11 @@ fn print_table(rows: &[(&str, &PhaseResult)]) {
         "p99 ms",
         "rps/floor",
         "p50/floor",
-        "p99/floor",
-        "server µs/r",
-        "client µs/r"
+        "p99/floor"
     );
     for (name, r) in rows {
-        let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-9);
-        let per_request = |cpu: f64| cpu * 1e6 / (r.requests.max(1) as f64);
         println!(
-            "{:<36} {:>9} {:>6} {:>9.0} {:>8} {:>8} {:>8.1}% {:>8.2}x {:>8.2}x {:>11.1} {:>11.1}",
+            "{:<34} {:>8} {:>6} {:>8.0} {:>7} {:>7} {:>8.1}% {:>8.2}x {:>8.2}x",
             name,
             r.requests,
             r.errors,
@@ -795,12 +1064,41 @@ fn print_table(rows: &[(&str, &PhaseResult)]) {
             r.rps() / floor.rps() * 100.0,
             ratio(r.percentile(50.0), floor.percentile(50.0)),
             ratio(r.percentile(99.0), floor.percentile(99.0)),
-            per_request(r.server_cpu),
-            per_request(r.client_cpu),
+        );
+    }
+
+    // Where the machine's CPU went, per request.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    println!();
+    println!(
+        "{:<34} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8}",
+        "CPU per request (µs) / bytes",
+        "sp-broker",
+        "load gen",
+        "postgres",
+        "others",
+        "req B",
+        "answer B"
+    );
+    for (name, r) in rows {
+        let per_request = |cpu: f64| cpu * 1e6 / (r.requests.max(1) as f64);
+        println!(
+            "{:<34} {:>10.1} {:>10.1} {:>10.1} {:>9.1}% {:>8} {:>8}",
+            name,
+            per_request(r.cpu.server),
+            per_request(r.cpu.client),
+            per_request(r.cpu.postgres),
+            r.cpu.others() / (r.window.as_secs_f64() * cores) * 100.0,
+            r.request_bytes,
+            r.answer_bytes,
         );
     }
     println!(
-        "(µs/r: CPU time, user + system, per recorded request over the phase, warm-up included in the\n \
-         numerator for (a) and (b), so read them as upper bounds and compare them with each other.)"
+        "(CPU time, user + system, in the timed windows divided by their requests: the sp-broker\n \
+         process, the load generator, and PostgreSQL (the benchmark database's backends and the\n \
+         shared processes); the {cores} cores give {:.1} µs per request at the floor's rate.\n \
+         others: share of the machine's CPU taken by anything else meanwhile; above a few % the\n \
+         figures are disturbed.)",
+        cores * 1e6 / floor.rps()
     );
 }
