@@ -100,7 +100,7 @@ struct Args {
     /// Worker threads of the load generator's runtime.
     #[arg(long, env = "BENCH_CLIENT_THREADS", default_value_t = 2)]
     client_threads: usize,
-    /// Profile the server with `perf record -g` over the timed windows of (a) and
+    /// Profile the server with `perf record -g` over the first round's timed (a) and
     /// (b), writing DIR/a.perf.data and DIR/b.perf.data (perturbs the figures).
     #[arg(long, value_name = "DIR")]
     perf_dir: Option<PathBuf>,
