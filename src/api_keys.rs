@@ -9,20 +9,22 @@
 //! [`CACHE_RECHECK`] in case a notification was missed.
 //! Never logs a key's secret part.
 
+use crate::clock::Clock;
 use crate::db::api_keys::{self, ApiKeyRow};
 use crate::secrets;
+use dashmap::DashMap;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
-use time::OffsetDateTime;
 use uuid::Uuid;
 
 pub const PREFIX: &str = "spb_";
 const PUBLIC_ID_LEN: usize = 16;
 pub const CACHE_RECHECK: Duration = Duration::from_secs(30);
-const LAST_USED_GRANULARITY: Duration = Duration::from_secs(60);
+/// `last_used_at` is written at most this often per key (seconds).
+const LAST_USED_GRANULARITY_SECONDS: u64 = 60;
 /// Calls to Amazon (refreshes, RDTs, grantless tokens) one key may cause per
 /// minute on one instance; cache hits are not counted.
 pub const AMAZON_CALLS_PER_MINUTE: f64 = 600.0;
@@ -180,12 +182,22 @@ struct CachedKey {
     secret_hash: Vec<u8>,
     principal: Arc<ApiPrincipal>,
     loaded: Instant,
-    last_used_written: Mutex<Option<Instant>>,
+    /// When this instance last started a `last_used_at` write, in
+    /// [`uptime_seconds`] + 1 (0: never). Shared with the entry that replaces
+    /// this one on a re-read. An atomic: every request reads it, one a minute
+    /// swaps it.
+    last_used_written: Arc<AtomicU64>,
+}
+
+/// Seconds since this process first asked, on the monotonic clock.
+fn uptime_seconds(at: Instant) -> u64 {
+    static START: LazyLock<Instant> = LazyLock::new(Instant::now);
+    at.saturating_duration_since(*START).as_secs()
 }
 
 #[derive(Default)]
 pub struct ApiKeyCache {
-    entries: RwLock<HashMap<String, Arc<CachedKey>>>,
+    entries: DashMap<String, CachedKey, foldhash::fast::RandomState>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -212,82 +224,99 @@ impl ApiKeyCache {
         &self,
         db: &PgPool,
         presented: &str,
-        now: OffsetDateTime,
+        clock: &dyn Clock,
     ) -> Result<Arc<ApiPrincipal>, AuthError> {
         let (public_id, secret) = split_key(presented).ok_or(AuthError::Unauthenticated)?;
         let presented_hash = secrets::sha256(secret);
-        let cached = self
-            .entries
-            .read()
-            .ok()
-            .and_then(|map| map.get(public_id).cloned())
-            .filter(|entry| entry.loaded.elapsed() < CACHE_RECHECK);
-        let entry = match cached {
-            Some(entry) => entry,
-            None => {
-                let Some(row) = api_keys::find_active_by_public_id(db, public_id).await? else {
-                    self.forget(public_id);
-                    return Err(AuthError::Unauthenticated);
-                };
-                let previous_budget = self
-                    .entries
-                    .read()
-                    .ok()
-                    .and_then(|map| map.get(public_id).map(|e| e.principal.budget.clone()));
-                let mut principal = principal_from(&row);
-                if let Some(budget) = previous_budget {
-                    principal.budget = budget;
-                }
-                let entry = Arc::new(CachedKey {
-                    secret_hash: row.secret_hash,
-                    principal: Arc::new(principal),
-                    loaded: Instant::now(),
-                    last_used_written: Mutex::new(None),
-                });
-                if let Ok(mut map) = self.entries.write() {
-                    map.insert(public_id.to_owned(), entry.clone());
-                }
-                entry
-            }
-        };
-        use subtle::ConstantTimeEq;
-        if !bool::from(entry.secret_hash.as_slice().ct_eq(&presented_hash)) {
-            return Err(AuthError::Unauthenticated);
+        if let Some(verified) = self.verify_cached(db, public_id, &presented_hash, clock) {
+            return verified;
         }
-        self.note_use(db, &entry, now);
-        Ok(entry.principal.clone())
+        let Some(row) = api_keys::find_active_by_public_id(db, public_id).await? else {
+            self.forget(public_id);
+            return Err(AuthError::Unauthenticated);
+        };
+        // A re-read keeps the key's Amazon-call budget and last write time.
+        let previous = self.entries.get(public_id).map(|e| {
+            (
+                Arc::clone(&e.principal.budget),
+                Arc::clone(&e.last_used_written),
+            )
+        });
+        let mut principal = principal_from(&row);
+        let last_used_written = match previous {
+            Some((budget, written)) => {
+                principal.budget = budget;
+                written
+            }
+            None => Arc::default(),
+        };
+        self.entries.insert(
+            public_id.to_owned(),
+            CachedKey {
+                secret_hash: row.secret_hash,
+                principal: Arc::new(principal),
+                loaded: Instant::now(),
+                last_used_written,
+            },
+        );
+        self.verify_cached(db, public_id, &presented_hash, clock)
+            .unwrap_or(Err(AuthError::Unauthenticated))
     }
 
-    /// Writes `last_used_at` at most once a minute per key, off the request path.
-    fn note_use(&self, db: &PgPool, entry: &CachedKey, now: OffsetDateTime) {
-        let Ok(mut written) = entry.last_used_written.lock() else {
-            return;
-        };
-        if written.is_some_and(|at| at.elapsed() < LAST_USED_GRANULARITY) {
-            return;
+    /// The answer from the cache, or `None` when the key must be (re-)read.
+    fn verify_cached(
+        &self,
+        db: &PgPool,
+        public_id: &str,
+        presented_hash: &[u8],
+        clock: &dyn Clock,
+    ) -> Option<Result<Arc<ApiPrincipal>, AuthError>> {
+        let entry = self.entries.get(public_id)?;
+        let at = Instant::now();
+        if at.saturating_duration_since(entry.loaded) >= CACHE_RECHECK {
+            return None;
         }
-        *written = Some(Instant::now());
-        let db = db.clone();
-        let id = entry.principal.key_id;
-        tokio::spawn(async move {
-            if let Err(e) = api_keys::touch_last_used(&db, id, now).await {
-                tracing::warn!(error = %e, "could not record API key use");
-            }
-        });
+        use subtle::ConstantTimeEq;
+        if !bool::from(entry.secret_hash.as_slice().ct_eq(presented_hash)) {
+            return Some(Err(AuthError::Unauthenticated));
+        }
+        note_use(db, &entry, at, clock);
+        Some(Ok(Arc::clone(&entry.principal)))
     }
 
     /// Drops a key from the cache (revoked here or on another instance).
     pub fn forget(&self, public_id: &str) {
-        if let Ok(mut map) = self.entries.write() {
-            map.remove(public_id);
-        }
+        self.entries.remove(public_id);
     }
 
     pub fn clear(&self) {
-        if let Ok(mut map) = self.entries.write() {
-            map.clear();
-        }
+        self.entries.clear();
     }
+}
+
+/// Writes `last_used_at` at most once a minute per key, off the request path.
+fn note_use(db: &PgPool, entry: &CachedKey, at: Instant, clock: &dyn Clock) {
+    let stamp = uptime_seconds(at) + 1;
+    let written = entry.last_used_written.load(Ordering::Relaxed);
+    if written != 0 && stamp.saturating_sub(written) < LAST_USED_GRANULARITY_SECONDS {
+        return;
+    }
+    // Only the request that wins the swap writes.
+    if entry
+        .last_used_written
+        .compare_exchange(written, stamp, Ordering::Relaxed, Ordering::Relaxed)
+        .is_err()
+    {
+        return;
+    }
+    let now = clock.now();
+    let db = db.clone();
+    let id = entry.principal.key_id;
+    tokio::spawn(async move {
+        if let Err(e) = api_keys::touch_last_used(&db, id, now).await {
+            tracing::warn!(error = %e, "could not record API key use");
+        }
+    });
 }
 
 #[cfg(test)]

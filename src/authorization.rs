@@ -291,7 +291,7 @@ async fn store(
 /// logged and the connection stays as it is (the fields stay null until known).
 async fn verify_seller(state: &AppState, id: Uuid, region: Region, access_token: &SecretString) {
     let endpoint = state.config.spapi_endpoint(region);
-    match spapi::marketplace_participations(&state.http, &endpoint, access_token).await {
+    match spapi::marketplace_participations(&state.http, endpoint, access_token).await {
         Ok(account) => {
             if let Err(e) = connections::update_verified_details(
                 &state.db,

@@ -317,10 +317,10 @@ impl Config {
         format!("{}/oauth/amazon/callback", self.public_url)
     }
 
-    pub fn spapi_endpoint(&self, region: Region) -> String {
+    pub fn spapi_endpoint(&self, region: Region) -> &str {
         match &self.spapi_override {
-            Some(url) => url.as_str().trim_end_matches('/').to_owned(),
-            None => region.spapi_endpoint().to_owned(),
+            Some(url) => url.as_str().trim_end_matches('/'),
+            None => region.spapi_endpoint(),
         }
     }
 

@@ -16,4 +16,8 @@ pub enum Error {
     Session(#[from] tower_sessions::session::Error),
     #[error("an in-memory lock was poisoned by a panic")]
     Poisoned,
+    #[error("JSON encoding: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("time formatting: {0}")]
+    TimeFormat(#[from] time::error::Format),
 }

@@ -1266,3 +1266,51 @@ async fn no_response_of_any_route_contains_a_refresh_token() {
         "stored in clear"
     );
 }
+
+#[tokio::test]
+async fn an_oversized_body_is_a_422_problem_and_stores_nothing() {
+    let app = TestApp::spawn().await;
+    let admin = app.api_key(None, &["tenants:admin"]).await;
+    let oversized = json!({"slug": "big-co", "name": "x".repeat(70 * 1024)});
+
+    // Declared by Content-Length.
+    let answer = post(&app, "/v1/tenants", &admin, oversized.clone()).await;
+    let problem = assert_problem(&answer, 422, "invalid_request");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("64 KiB"),
+        "{problem}"
+    );
+
+    // Sent in chunks, with no length declared up front.
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let body = oversized.to_string();
+    let key = admin.clone();
+    let raw = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        let mut request = format!(
+            "POST /v1/tenants HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\n\
+             Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        )
+        .into_bytes();
+        for chunk in body.as_bytes().chunks(8 * 1024) {
+            request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+            request.extend_from_slice(chunk);
+            request.extend_from_slice(b"\r\n");
+        }
+        request.extend_from_slice(b"0\r\n\r\n");
+        // The server may answer and close before reading everything.
+        let _ = stream.write_all(&request);
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer
+    })
+    .await
+    .unwrap();
+    assert!(raw.starts_with("HTTP/1.1 422"), "{raw}");
+    assert!(raw.contains("application/problem+json"), "{raw}");
+    assert!(raw.contains("\"code\":\"invalid_request\""), "{raw}");
+
+    let listed = get(&app, "/v1/tenants", &admin).await;
+    assert_eq!(listed.body["items"], json!([]), "no tenant was created");
+}

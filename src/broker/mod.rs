@@ -19,9 +19,12 @@ use crate::crypto::{Purpose, SealContext};
 use crate::db::audit::{self, AuditTarget};
 use crate::db::connections::{self, TokenStateRow};
 use crate::error::Error;
+use crate::metrics::TokenSource;
 use breaker::CircuitBreaker;
+use dashmap::DashMap;
 use rand::Rng;
 use secrecy::{ExposeSecret, SecretString};
+use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
@@ -31,8 +34,9 @@ use uuid::Uuid;
 /// Below this, a cached token is not handed out when a refresh has failed.
 pub const MIN_FALLBACK_TTL: Duration = Duration::seconds(60);
 pub const FORCE_REFRESH_WINDOW: Duration = Duration::seconds(30);
-/// Re-read a cached connection's row after this long even without a notification.
-const RECHECK_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+/// Re-read a cached connection's row after this long (seconds of the app's
+/// clock, either way) even without a notification.
+const RECHECK_AFTER_SECONDS: u64 = 30;
 /// Longer than the worst refresh (3 attempts of 5 s plus backoff).
 const LEASE_DURATION: Duration = Duration::seconds(20);
 const LEASE_POLL: std::time::Duration = std::time::Duration::from_millis(50);
@@ -42,11 +46,35 @@ const RETRY_BASE_MS: u64 = 250;
 /// rejected calls against Amazon).
 const CLIENT_REJECTED_HOLD: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// A cached access token.
-#[derive(Clone)]
+/// Maps read on every request: sharded, so the two cores rarely meet on one
+/// lock, and hashed with foldhash (seeded per process), which is several times
+/// cheaper than SipHash for a 16-byte id.
+type FastMap<K, V> = DashMap<K, V, foldhash::fast::RandomState>;
+
+/// A cached access token. Shared (`Arc`), never copied, on the hot path.
 pub struct CachedToken {
     pub access_token: SecretString,
     pub expires_at: OffsetDateTime,
+    /// The token as a JSON string and the expiry in RFC 3339, encoded once
+    /// here instead of in every answer (the token is most of an answer).
+    json: Box<RawValue>,
+    expires_at_rfc3339: Box<str>,
+}
+
+impl CachedToken {
+    pub fn new(access_token: SecretString, expires_at: OffsetDateTime) -> Result<Self, Error> {
+        let json = serde_json::value::to_raw_value(access_token.expose_secret())?;
+        let expires_at_rfc3339 = expires_at
+            .to_offset(time::UtcOffset::UTC)
+            .format(&time::format_description::well_known::Rfc3339)?
+            .into_boxed_str();
+        Ok(CachedToken {
+            access_token,
+            expires_at,
+            json,
+            expires_at_rfc3339,
+        })
+    }
 }
 
 /// What the broker knows about one connection.
@@ -57,27 +85,97 @@ pub struct Snapshot {
     pub region: Region,
     pub status: String,
     pub status_reason: Option<String>,
-    pub token: Option<CachedToken>,
+    pub token: Option<Arc<CachedToken>>,
     pub cooldown_until: Option<OffsetDateTime>,
     pub refresh_failures: i32,
-    loaded_at: Instant,
+    /// When the row was read, in Unix seconds of the app's clock.
+    loaded_at: i64,
 }
 
 struct Entry {
     snapshot: RwLock<Arc<Snapshot>>,
     /// Single flight within this process.
     refresh: tokio::sync::Mutex<()>,
+    /// Tokens issued from this entry since the last flush, per API key id.
+    /// Kept here, not in a map of its own, so counting a cache hit touches
+    /// only memory the hit has just read.
+    usage: Mutex<Vec<(Uuid, u64)>>,
 }
 
-/// A token handed to a caller.
+impl Entry {
+    fn new(snapshot: Snapshot) -> Self {
+        Entry {
+            snapshot: RwLock::new(Arc::new(snapshot)),
+            refresh: tokio::sync::Mutex::new(()),
+            usage: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn count_use(&self, key_id: Uuid) {
+        let Ok(mut usage) = self.usage.lock() else {
+            return;
+        };
+        match usage.iter_mut().find(|(key, _)| *key == key_id) {
+            Some((_, issued)) => *issued += 1,
+            None => usage.push((key_id, 1)),
+        }
+    }
+
+    /// Moves this entry's counts into `into`, keyed by (key id, connection id).
+    fn take_usage(&self, connection_id: Uuid, into: &mut HashMap<(Uuid, Uuid), u64>) {
+        let Ok(mut usage) = self.usage.lock() else {
+            return;
+        };
+        for (key_id, issued) in usage.drain(..) {
+            *into.entry((key_id, connection_id)).or_insert(0) += issued;
+        }
+    }
+}
+
+/// A token handed to a caller, with the connection it belongs to. Both are
+/// shared with the cache, so handing one out copies nothing.
 pub struct IssuedToken {
-    pub access_token: SecretString,
-    pub expires_at: OffsetDateTime,
-    pub selling_partner_id: String,
-    pub region: Region,
+    token: Arc<CachedToken>,
+    connection: Arc<Snapshot>,
+    issued_at: OffsetDateTime,
     /// Set when a refresh failed for a passing reason and a still-valid cached
     /// token is returned instead.
     pub refresh_error: Option<&'static str>,
+}
+
+impl IssuedToken {
+    pub fn access_token(&self) -> &SecretString {
+        &self.token.access_token
+    }
+
+    /// The token, JSON-encoded, for an answer body.
+    pub fn access_token_json(&self) -> &RawValue {
+        &self.token.json
+    }
+
+    pub fn expires_at(&self) -> OffsetDateTime {
+        self.token.expires_at
+    }
+
+    /// [`Self::expires_at`] in RFC 3339, UTC.
+    pub fn expires_at_rfc3339(&self) -> &str {
+        &self.token.expires_at_rfc3339
+    }
+
+    /// The token's lifetime left, in whole seconds, when it was handed out.
+    pub fn expires_in(&self) -> i64 {
+        (self.token.expires_at - self.issued_at)
+            .whole_seconds()
+            .max(0)
+    }
+
+    pub fn selling_partner_id(&self) -> &str {
+        &self.connection.selling_partner_id
+    }
+
+    pub fn region(&self) -> Region {
+        self.connection.region
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,22 +218,24 @@ pub struct AppCredentialState {
 pub struct TokenBroker {
     /// This instance's identity as a lease owner.
     instance_id: Uuid,
-    entries: RwLock<HashMap<Uuid, Arc<Entry>>>,
+    entries: FastMap<Uuid, Arc<Entry>>,
     breaker: CircuitBreaker,
     app_credentials: Mutex<AppCredentialState>,
-    usage: Mutex<HashMap<(Uuid, Uuid), u64>>,
+    /// Entries dropped from the cache whose counts are not flushed yet, or
+    /// that a request may still count on.
+    retired: Mutex<Vec<(Uuid, Arc<Entry>)>>,
     /// Grantless tokens by scope; the lock makes their refresh single-flight.
-    grantless: tokio::sync::Mutex<HashMap<String, CachedToken>>,
+    grantless: tokio::sync::Mutex<HashMap<String, Arc<CachedToken>>>,
 }
 
 impl Default for TokenBroker {
     fn default() -> Self {
         TokenBroker {
             instance_id: Uuid::new_v4(),
-            entries: RwLock::new(HashMap::new()),
+            entries: FastMap::default(),
             breaker: CircuitBreaker::default(),
             app_credentials: Mutex::new(AppCredentialState::default()),
-            usage: Mutex::new(HashMap::new()),
+            retired: Mutex::new(Vec::new()),
             grantless: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
@@ -156,25 +256,29 @@ fn remaining(token: &CachedToken, now: OffsetDateTime) -> Duration {
 /// A token good for the caller, if `token` is one: unexpired and with at least
 /// `min_ttl` left.
 fn good_enough(
-    token: Option<&CachedToken>,
+    token: Option<&Arc<CachedToken>>,
     now: OffsetDateTime,
     min_ttl: Duration,
-) -> Option<CachedToken> {
-    token
-        .filter(|t| remaining(t, now) >= min_ttl && remaining(t, now) > Duration::ZERO)
-        .cloned()
+) -> Option<&Arc<CachedToken>> {
+    token.filter(|t| {
+        let left = remaining(t, now);
+        left >= min_ttl && left > Duration::ZERO
+    })
 }
 
 impl TokenBroker {
     pub fn forget(&self, connection_id: Uuid) {
-        if let Ok(mut map) = self.entries.write() {
-            map.remove(&connection_id);
+        if let Some(removed) = self.entries.remove(&connection_id) {
+            if let Ok(mut retired) = self.retired.lock() {
+                retired.push(removed);
+            }
         }
     }
 
     pub fn clear(&self) {
-        if let Ok(mut map) = self.entries.write() {
-            map.clear();
+        let ids: Vec<Uuid> = self.entries.iter().map(|e| *e.key()).collect();
+        for id in ids {
+            self.forget(id);
         }
     }
 
@@ -187,20 +291,28 @@ impl TokenBroker {
 
     /// Counts taken since the last call (key id, connection id) → tokens issued.
     pub fn take_usage(&self) -> HashMap<(Uuid, Uuid), u64> {
-        self.usage
-            .lock()
-            .map(|mut u| std::mem::take(&mut *u))
-            .unwrap_or_default()
-    }
-
-    fn count_use(&self, key_id: Uuid, connection_id: Uuid) {
-        if let Ok(mut usage) = self.usage.lock() {
-            *usage.entry((key_id, connection_id)).or_insert(0) += 1;
+        let mut taken = HashMap::new();
+        for entry in self.entries.iter() {
+            entry.value().take_usage(*entry.key(), &mut taken);
         }
+        if let Ok(mut retired) = self.retired.lock() {
+            // A retired entry is let go once no request holds it any more
+            // (none can reach it again: it is out of the map).
+            // Checked before draining, so a count made meanwhile is drained now
+            // or on the next flush.
+            retired.retain(|(id, entry)| {
+                let still_held = Arc::strong_count(entry) > 1;
+                entry.take_usage(*id, &mut taken);
+                still_held
+            });
+        }
+        taken
     }
 
     fn cached_entry(&self, connection_id: Uuid) -> Option<Arc<Entry>> {
-        self.entries.read().ok()?.get(&connection_id).cloned()
+        self.entries
+            .get(&connection_id)
+            .map(|e| Arc::clone(e.value()))
     }
 
     /// Reads the connection's row into a fresh snapshot (opening its sealed token).
@@ -220,12 +332,14 @@ impl TokenBroker {
         &self,
         state: &AppState,
         connection_id: Uuid,
+        now: OffsetDateTime,
     ) -> Result<Option<Arc<Entry>>, Error> {
         if let Some(entry) = self.cached_entry(connection_id) {
+            let now = now.unix_timestamp();
             let fresh = entry
                 .snapshot
                 .read()
-                .map(|s| s.loaded_at.elapsed() < RECHECK_AFTER)
+                .map(|s| s.loaded_at.abs_diff(now) < RECHECK_AFTER_SECONDS)
                 .unwrap_or(false);
             if fresh {
                 return Ok(Some(entry));
@@ -234,21 +348,19 @@ impl TokenBroker {
                 self.forget(connection_id);
                 return Ok(None);
             };
-            store_snapshot(&entry, snapshot);
+            store_snapshot(&entry, Arc::new(snapshot));
             return Ok(Some(entry));
         }
         let Some(snapshot) = self.load_snapshot(state, connection_id).await? else {
             return Ok(None);
         };
-        let entry = Arc::new(Entry {
-            snapshot: RwLock::new(Arc::new(snapshot)),
-            refresh: tokio::sync::Mutex::new(()),
-        });
-        let mut map = self.entries.write().map_err(|_| Error::Poisoned)?;
-        Ok(Some(map.entry(connection_id).or_insert(entry).clone()))
+        let entry = Arc::new(Entry::new(snapshot));
+        Ok(Some(Arc::clone(
+            self.entries.entry(connection_id).or_insert(entry).value(),
+        )))
     }
 
-    /// `POST /v1/connections/{id}/access-token`.
+    /// `POST /v1/connections/{id}/access-token`, asked at `now`.
     pub async fn access_token(
         &self,
         state: &AppState,
@@ -256,9 +368,10 @@ impl TokenBroker {
         connection_id: Uuid,
         min_ttl: Duration,
         force_refresh: bool,
+        now: OffsetDateTime,
     ) -> Result<IssuedToken, TokenError> {
         let entry = self
-            .entry(state, connection_id)
+            .entry(state, connection_id, now)
             .await?
             .ok_or(TokenError::NotFound)?;
         let snapshot = read_snapshot(&entry)?;
@@ -271,12 +384,11 @@ impl TokenBroker {
                 status_reason: snapshot.status_reason.clone(),
             });
         }
-        let now = state.now();
         if !force_refresh {
             if let Some(token) = good_enough(snapshot.token.as_ref(), now, min_ttl) {
-                self.count_use(caller.key_id, connection_id);
-                crate::metrics::token_issued("cache");
-                return Ok(issued(&snapshot, token, None));
+                entry.count_use(caller.key_id);
+                crate::metrics::token_issued(TokenSource::Cache);
+                return Ok(issued(&snapshot, token, None, now));
             }
         } else if let Err(retry) =
             connections::claim_force_refresh(&state.db, connection_id, now, FORCE_REFRESH_WINDOW)
@@ -300,11 +412,11 @@ impl TokenBroker {
             )
             .await;
         if let Ok(token) = &result {
-            self.count_use(caller.key_id, connection_id);
+            entry.count_use(caller.key_id);
             crate::metrics::token_issued(if token.refresh_error.is_some() {
-                "fallback"
+                TokenSource::Fallback
             } else {
-                "refreshed"
+                TokenSource::Refreshed
             });
         }
         result
@@ -326,38 +438,37 @@ impl TokenBroker {
         // Most waiters find the token the caller before them just obtained.
         let current = read_snapshot(entry)?;
         if let Some(token) = current.token.as_ref() {
-            if Some(token.expires_at) != seen_expires_at
-                && remaining(token, state.now()) > Duration::ZERO
-            {
-                return Ok(issued(&current, token.clone(), None));
+            let now = state.now();
+            if Some(token.expires_at) != seen_expires_at && remaining(token, now) > Duration::ZERO {
+                return Ok(issued(&current, token, None, now));
             }
         }
         let deadline = Instant::now() + std::time::Duration::from_secs(25);
         loop {
             // Another caller here, or another instance, may have refreshed meanwhile.
             let snapshot = match self.load_snapshot(state, connection_id).await? {
-                Some(s) => s,
+                Some(s) => Arc::new(s),
                 None => {
                     self.forget(connection_id);
                     return Err(TokenError::NotFound);
                 }
             };
-            store_snapshot(entry, snapshot.clone());
+            store_snapshot(entry, Arc::clone(&snapshot));
             if snapshot.status != "active" {
                 return Err(TokenError::Reauthorization {
-                    status: snapshot.status,
-                    status_reason: snapshot.status_reason,
+                    status: snapshot.status.clone(),
+                    status_reason: snapshot.status_reason.clone(),
                 });
             }
             let now = state.now();
             if let Some(token) = snapshot.token.as_ref() {
                 let is_newer = Some(token.expires_at) != seen_expires_at;
                 if is_newer && remaining(token, now) > Duration::ZERO {
-                    return Ok(issued(&snapshot, token.clone(), None));
+                    return Ok(issued(&snapshot, token, None, now));
                 }
                 if !force_refresh {
                     if let Some(token) = good_enough(Some(token), now, min_ttl) {
-                        return Ok(issued(&snapshot, token, None));
+                        return Ok(issued(&snapshot, token, None, now));
                     }
                 }
             }
@@ -414,9 +525,9 @@ impl TokenBroker {
         caller: &ApiPrincipal,
         connection_id: Uuid,
         entry: &Arc<Entry>,
-        snapshot: &Snapshot,
+        snapshot: &Arc<Snapshot>,
         refresh_sealed: Option<Vec<u8>>,
-        fallback: Option<CachedToken>,
+        fallback: Option<Arc<CachedToken>>,
     ) -> Result<IssuedToken, TokenError> {
         let owner = self.instance_id;
         let release = || connections::release_refresh_lease(&state.db, connection_id, owner);
@@ -496,27 +607,27 @@ impl TokenBroker {
                     // Disconnected meanwhile, or our lease expired: re-read before answering.
                     if let Some(s) = self.load_snapshot(state, connection_id).await? {
                         if s.status != "active" {
-                            store_snapshot(entry, s.clone());
-                            return Err(TokenError::Reauthorization {
-                                status: s.status,
-                                status_reason: s.status_reason,
-                            });
+                            let error = TokenError::Reauthorization {
+                                status: s.status.clone(),
+                                status_reason: s.status_reason.clone(),
+                            };
+                            store_snapshot(entry, Arc::new(s));
+                            return Err(error);
                         }
                     }
                 }
-                let token = CachedToken {
-                    access_token: tokens.access_token,
-                    expires_at,
-                };
-                let mut fresh = snapshot.clone();
-                fresh.token = Some(token.clone());
-                fresh.cooldown_until = None;
-                fresh.refresh_failures = 0;
-                fresh.loaded_at = Instant::now();
-                store_snapshot(entry, fresh.clone());
+                let token = Arc::new(CachedToken::new(tokens.access_token, expires_at)?);
+                let fresh = Arc::new(Snapshot {
+                    token: Some(Arc::clone(&token)),
+                    cooldown_until: None,
+                    refresh_failures: 0,
+                    loaded_at: now.unix_timestamp(),
+                    ..Snapshot::clone(snapshot)
+                });
+                store_snapshot(entry, Arc::clone(&fresh));
                 let _ = connections::notify_changed(&state.db, connection_id).await;
                 tracing::info!(connection = %connection_id, latency_ms, "access token refreshed");
-                Ok(issued(&fresh, token, None))
+                Ok(issued(&fresh, &token, None, now))
             }
             Err(LwaError::InvalidGrant { .. }) => {
                 self.breaker.record_success();
@@ -585,11 +696,13 @@ impl TokenBroker {
                 )
                 .await?;
                 record_event(state, connection_id, now, "amazon_unavailable", latency_ms).await;
-                let mut cooled = snapshot.clone();
-                cooled.cooldown_until = Some(now + cooldown);
-                cooled.refresh_failures = failures as i32;
-                cooled.loaded_at = Instant::now();
-                store_snapshot(entry, cooled);
+                let cooled = Snapshot {
+                    cooldown_until: Some(now + cooldown),
+                    refresh_failures: failures as i32,
+                    loaded_at: now.unix_timestamp(),
+                    ..Snapshot::clone(snapshot)
+                };
+                store_snapshot(entry, Arc::new(cooled));
                 tracing::warn!(connection = %connection_id, reason = reason.as_str(), "refresh failed for a passing reason");
                 fall_back(snapshot, fallback, now, cooldown.whole_seconds() as u64)
             }
@@ -640,11 +753,11 @@ impl TokenBroker {
         state: &AppState,
         caller: &ApiPrincipal,
         scope: &str,
-    ) -> Result<CachedToken, TokenError> {
+    ) -> Result<Arc<CachedToken>, TokenError> {
         let mut cache = self.grantless.lock().await;
         let now = state.now();
         if let Some(token) = good_enough(cache.get(scope), now, MIN_FALLBACK_TTL) {
-            return Ok(token);
+            return Ok(Arc::clone(token));
         }
         if self.client_rejected_recently() {
             return Err(TokenError::AppCredentialsRejected);
@@ -665,11 +778,14 @@ impl TokenBroker {
         {
             Ok(tokens) => {
                 self.note_app_credentials_ok(now, tokens.secret_index);
-                let token = CachedToken {
-                    access_token: tokens.access_token,
-                    expires_at: now + Duration::seconds(tokens.expires_in),
-                };
-                cache.insert(scope.to_owned(), token.clone());
+                let token = Arc::new(
+                    CachedToken::new(
+                        tokens.access_token,
+                        now + Duration::seconds(tokens.expires_in),
+                    )
+                    .map_err(TokenError::Internal)?,
+                );
+                cache.insert(scope.to_owned(), Arc::clone(&token));
                 Ok(token)
             }
             Err(LwaError::Unavailable(reason)) => {
@@ -728,9 +844,9 @@ fn read_snapshot(entry: &Entry) -> Result<Arc<Snapshot>, Error> {
         .map_err(|_| Error::Poisoned)
 }
 
-fn store_snapshot(entry: &Entry, snapshot: Snapshot) {
+fn store_snapshot(entry: &Entry, snapshot: Arc<Snapshot>) {
     if let Ok(mut s) = entry.snapshot.write() {
-        *s = Arc::new(snapshot);
+        *s = snapshot;
     }
 }
 
@@ -742,12 +858,12 @@ fn snapshot_from_row(
     let tenant = row.tenant_id.to_string();
     let id = connection_id.to_string();
     let token = match (&row.access_token_sealed, row.access_token_expires_at) {
-        (Some(sealed), Some(expires_at)) => Some(CachedToken {
-            access_token: state
+        (Some(sealed), Some(expires_at)) => Some(Arc::new(CachedToken::new(
+            state
                 .keys
                 .open_str(seal_context(Purpose::AccessToken, &tenant, &id), sealed)?,
             expires_at,
-        }),
+        )?)),
         _ => None,
     };
     Ok(Snapshot {
@@ -759,33 +875,33 @@ fn snapshot_from_row(
         token,
         cooldown_until: row.refresh_cooldown_until,
         refresh_failures: row.refresh_failures,
-        loaded_at: Instant::now(),
+        loaded_at: state.now().unix_timestamp(),
     })
 }
 
 fn issued(
-    snapshot: &Snapshot,
-    token: CachedToken,
+    snapshot: &Arc<Snapshot>,
+    token: &Arc<CachedToken>,
     refresh_error: Option<&'static str>,
+    at: OffsetDateTime,
 ) -> IssuedToken {
     IssuedToken {
-        access_token: token.access_token,
-        expires_at: token.expires_at,
-        selling_partner_id: snapshot.selling_partner_id.clone(),
-        region: snapshot.region,
+        token: Arc::clone(token),
+        connection: Arc::clone(snapshot),
+        issued_at: at,
         refresh_error,
     }
 }
 
 /// After a passing failure: the cached token if it still has a minute, else 503.
 fn fall_back(
-    snapshot: &Snapshot,
-    fallback: Option<CachedToken>,
+    snapshot: &Arc<Snapshot>,
+    fallback: Option<Arc<CachedToken>>,
     now: OffsetDateTime,
     retry_after_seconds: u64,
 ) -> Result<IssuedToken, TokenError> {
     match good_enough(fallback.as_ref(), now, MIN_FALLBACK_TTL) {
-        Some(token) => Ok(issued(snapshot, token, Some("amazon_unavailable"))),
+        Some(token) => Ok(issued(snapshot, token, Some("amazon_unavailable"), now)),
         None => Err(TokenError::AmazonUnavailable {
             retry_after_seconds: retry_after_seconds.max(1),
         }),

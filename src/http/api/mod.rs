@@ -12,7 +12,7 @@ use crate::api_keys::{ApiPrincipal, AuthError, Scope};
 use crate::app::AppState;
 use crate::error::Error;
 use axum::body::Bytes;
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -202,7 +202,7 @@ impl FromRequestParts<AppState> for Caller {
             .ok_or_else(ApiError::unauthenticated)?;
         match state
             .api_keys
-            .verify(&state.db, presented, state.now())
+            .verify(&state.db, presented, state.clock.as_ref())
             .await
         {
             Ok(principal) => Ok(Caller(principal)),
@@ -212,6 +212,39 @@ impl FromRequestParts<AppState> for Caller {
             }
             Err(AuthError::Database(e)) => Err(e.into()),
         }
+    }
+}
+
+/// The largest request body the API reads; its bodies are a few hundred bytes.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// A request body of at most [`MAX_BODY_BYTES`], read without boxing it
+/// behind a limit layer (the `Bytes` extractor does, on every request). A
+/// larger or unreadable body is a problem+json answer, not plain text.
+pub struct ApiBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for ApiBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        let too_large = || {
+            ApiError::invalid_request(format!(
+                "the body could not be read or is larger than {} KiB",
+                MAX_BODY_BYTES / 1024
+            ))
+        };
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|length| length > MAX_BODY_BYTES) {
+            return Err(too_large());
+        }
+        axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES)
+            .await
+            .map(ApiBody)
+            .map_err(|_| too_large())
     }
 }
 

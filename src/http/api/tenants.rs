@@ -1,14 +1,13 @@
 //! `/v1/tenants` and login links.
 
 use super::connections::visible_tenant;
-use super::{parse_body, ApiError, Caller};
+use super::{parse_body, ApiBody, ApiError, Caller};
 use crate::amazon::consent;
 use crate::api_keys::Scope;
 use crate::app::AppState;
 use crate::db::login_tokens::LoginKind;
 use crate::db::{self, tenants};
 use crate::http::pages;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -70,7 +69,7 @@ pub async fn list_tenants(
 pub async fn create_tenant(
     State(state): State<AppState>,
     caller: Caller,
-    body: Bytes,
+    ApiBody(body): ApiBody,
 ) -> Result<(StatusCode, Json<TenantJson>), ApiError> {
     caller.require(Scope::TenantsAdmin)?;
     let request: CreateTenant = parse_body(&body)?;
@@ -132,7 +131,7 @@ pub async fn create_login_link(
     State(state): State<AppState>,
     caller: Caller,
     Path(slug): Path<String>,
-    body: Bytes,
+    ApiBody(body): ApiBody,
 ) -> Result<(StatusCode, Json<LoginLink>), ApiError> {
     caller.require(Scope::ConnectionsManage)?;
     let request: CreateLoginLink = parse_body(&body)?;

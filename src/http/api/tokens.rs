@@ -1,18 +1,19 @@
 //! Access tokens, Restricted Data Tokens and grantless tokens. Every answer
 //! carries `Cache-Control: no-store`.
 
-use super::{parse_body, ApiError, Caller};
+use super::{parse_body, ApiBody, ApiError, Caller};
 use crate::amazon::spapi::{self, RestrictedResource, SpApiError};
 use crate::api_keys::Scope;
 use crate::app::AppState;
 use crate::broker::{IssuedToken, TokenError};
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use time::{Duration, OffsetDateTime};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -26,20 +27,23 @@ pub struct AccessTokenRequest {
     pub force_refresh: Option<bool>,
 }
 
-/// An LWA access token for one connection.
+/// An LWA access token for one connection. Borrows from the cache: answering
+/// copies the token only into the response body.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct AccessToken {
-    pub access_token: String,
+pub struct AccessToken<'a> {
+    #[schema(value_type = String)]
+    pub access_token: &'a RawValue,
     #[schema(example = "bearer")]
     pub token_type: &'static str,
-    #[serde(with = "time::serde::rfc3339")]
-    pub expires_at: OffsetDateTime,
+    /// RFC 3339, UTC.
+    #[schema(value_type = String, format = DateTime)]
+    pub expires_at: &'a str,
     pub expires_in: i64,
     pub connection_id: Uuid,
-    pub selling_partner_id: String,
-    pub region: String,
+    pub selling_partner_id: &'a str,
+    pub region: &'static str,
     /// The SP-API base URL to call for this connection.
-    pub spapi_endpoint: String,
+    pub spapi_endpoint: &'a str,
     /// `amazon_unavailable` when a refresh failed and a still-valid cached token is returned.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refresh_error: Option<&'static str>,
@@ -48,6 +52,27 @@ pub struct AccessToken {
 fn no_store(body: impl Serialize) -> Response {
     ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
 }
+
+/// An access-token answer, encoded into a buffer sized for it up front, with
+/// room in its header map for the headers every response gets on the way out.
+fn access_token_response(body: &AccessToken<'_>) -> Result<Response, ApiError> {
+    let mut buffer = Vec::with_capacity(ACCESS_TOKEN_BODY_OVERHEAD + body.access_token.get().len());
+    serde_json::to_writer(&mut buffer, body).map_err(crate::error::Error::from)?;
+    let mut response = Response::new(Body::from(buffer));
+    let headers = response.headers_mut();
+    headers.reserve(RESPONSE_HEADERS);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// Everything in an access-token answer but the token, with room to spare.
+const ACCESS_TOKEN_BODY_OVERHEAD: usize = 512;
+/// Content type, cache control, the security headers and the request id.
+const RESPONSE_HEADERS: usize = 10;
 
 pub fn token_error(state: &AppState, error: TokenError) -> ApiError {
     match error {
@@ -99,7 +124,7 @@ pub async fn access_token(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    body: Bytes,
+    ApiBody(body): ApiBody,
 ) -> Result<Response, ApiError> {
     caller.require(Scope::TokensIssue)?;
     let request: AccessTokenRequest = parse_body(&body)?;
@@ -118,23 +143,27 @@ pub async fn access_token(
             connection_id,
             Duration::seconds(min_ttl),
             request.force_refresh.unwrap_or(false),
+            state.now(),
         )
         .await
         .map_err(|e| token_error(&state, e))?;
-    Ok(no_store(access_token_json(&state, connection_id, issued)))
+    access_token_response(&access_token_json(&state, connection_id, &issued))
 }
 
-fn access_token_json(state: &AppState, connection_id: Uuid, issued: IssuedToken) -> AccessToken {
-    let now = state.now();
+fn access_token_json<'a>(
+    state: &'a AppState,
+    connection_id: Uuid,
+    issued: &'a IssuedToken,
+) -> AccessToken<'a> {
     AccessToken {
-        access_token: issued.access_token.expose_secret().to_owned(),
+        access_token: issued.access_token_json(),
         token_type: "bearer",
-        expires_in: (issued.expires_at - now).whole_seconds().max(0),
-        expires_at: issued.expires_at.to_offset(time::UtcOffset::UTC),
+        expires_in: issued.expires_in(),
+        expires_at: issued.expires_at_rfc3339(),
         connection_id,
-        selling_partner_id: issued.selling_partner_id,
-        region: issued.region.as_str().to_owned(),
-        spapi_endpoint: state.config.spapi_endpoint(issued.region),
+        selling_partner_id: issued.selling_partner_id(),
+        region: issued.region().as_str(),
+        spapi_endpoint: state.config.spapi_endpoint(issued.region()),
         refresh_error: issued.refresh_error,
     }
 }
@@ -190,7 +219,7 @@ pub async fn restricted_data_token(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    body: Bytes,
+    ApiBody(body): ApiBody,
 ) -> Result<Response, ApiError> {
     caller.require(Scope::TokensIssue)?;
     let request: RdtRequest = parse_body(&body)?;
@@ -229,6 +258,7 @@ pub async fn restricted_data_token(
             connection_id,
             Duration::seconds(60),
             false,
+            state.now(),
         )
         .await
         .map_err(|e| token_error(&state, e))?;
@@ -241,11 +271,10 @@ pub async fn restricted_data_token(
             },
         )
     })?;
-    let endpoint = state.config.spapi_endpoint(issued.region);
     let (token, expires_in) = spapi::restricted_data_token(
         &state.http,
-        &endpoint,
-        &issued.access_token,
+        state.config.spapi_endpoint(issued.region()),
+        issued.access_token(),
         &resources,
         request.target_application.as_deref(),
     )
@@ -284,7 +313,7 @@ pub struct GrantlessToken {
 pub async fn grantless_token(
     State(state): State<AppState>,
     caller: Caller,
-    body: Bytes,
+    ApiBody(body): ApiBody,
 ) -> Result<Response, ApiError> {
     caller.require(Scope::TenantsAdmin)?;
     let request: GrantlessRequest = parse_body(&body)?;
