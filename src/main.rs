@@ -4,12 +4,6 @@
 use clap::Parser;
 use std::process::ExitCode;
 
-/// mimalloc instead of glibc's malloc: the server frees much of what it
-/// allocates on another worker thread, where glibc takes an arena lock and
-/// consolidates chunks (several % of a request's CPU in BENCHMARKS.md's profile).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = sp_broker::cli::Cli::parse();
