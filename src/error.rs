@@ -18,6 +18,4 @@ pub enum Error {
     Poisoned,
     #[error("JSON encoding: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("time formatting: {0}")]
-    TimeFormat(#[from] time::error::Format),
 }

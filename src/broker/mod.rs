@@ -24,9 +24,8 @@ use breaker::CircuitBreaker;
 use dashmap::DashMap;
 use rand::Rng;
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::value::RawValue;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
@@ -55,25 +54,20 @@ type FastMap<K, V> = DashMap<K, V, foldhash::fast::RandomState>;
 pub struct CachedToken {
     pub access_token: SecretString,
     pub expires_at: OffsetDateTime,
-    /// The token as a JSON string and the expiry in RFC 3339, encoded once
-    /// here instead of in every answer (the token is most of an answer).
-    json: Box<RawValue>,
-    expires_at_rfc3339: Box<str>,
+    /// The part of the API's answer that is the same every time this token is
+    /// handed out, rendered by the API layer the first time (see
+    /// [`IssuedToken::answer_prefix`]): encoding a ~400-byte token on every
+    /// cache hit was most of the answer's cost.
+    answer_prefix: OnceLock<Box<[u8]>>,
 }
 
 impl CachedToken {
-    pub fn new(access_token: SecretString, expires_at: OffsetDateTime) -> Result<Self, Error> {
-        let json = serde_json::value::to_raw_value(access_token.expose_secret())?;
-        let expires_at_rfc3339 = expires_at
-            .to_offset(time::UtcOffset::UTC)
-            .format(&time::format_description::well_known::Rfc3339)?
-            .into_boxed_str();
-        Ok(CachedToken {
+    pub fn new(access_token: SecretString, expires_at: OffsetDateTime) -> Self {
+        CachedToken {
             access_token,
             expires_at,
-            json,
-            expires_at_rfc3339,
-        })
+            answer_prefix: OnceLock::new(),
+        }
     }
 }
 
@@ -148,18 +142,22 @@ impl IssuedToken {
         &self.token.access_token
     }
 
-    /// The token, JSON-encoded, for an answer body.
-    pub fn access_token_json(&self) -> &RawValue {
-        &self.token.json
+    /// The constant part of an answer with this token: `render`ed once per
+    /// token, then shared by every answer. `render` may only use this token
+    /// and its connection (they never change for a cached token).
+    pub fn answer_prefix<E>(
+        &self,
+        render: impl FnOnce(&Self) -> Result<Box<[u8]>, E>,
+    ) -> Result<&[u8], E> {
+        if let Some(prefix) = self.token.answer_prefix.get() {
+            return Ok(prefix);
+        }
+        let rendered = render(self)?;
+        Ok(self.token.answer_prefix.get_or_init(|| rendered))
     }
 
     pub fn expires_at(&self) -> OffsetDateTime {
         self.token.expires_at
-    }
-
-    /// [`Self::expires_at`] in RFC 3339, UTC.
-    pub fn expires_at_rfc3339(&self) -> &str {
-        &self.token.expires_at_rfc3339
     }
 
     /// The token's lifetime left, in whole seconds, when it was handed out.
@@ -616,7 +614,7 @@ impl TokenBroker {
                         }
                     }
                 }
-                let token = Arc::new(CachedToken::new(tokens.access_token, expires_at)?);
+                let token = Arc::new(CachedToken::new(tokens.access_token, expires_at));
                 let fresh = Arc::new(Snapshot {
                     token: Some(Arc::clone(&token)),
                     cooldown_until: None,
@@ -778,13 +776,10 @@ impl TokenBroker {
         {
             Ok(tokens) => {
                 self.note_app_credentials_ok(now, tokens.secret_index);
-                let token = Arc::new(
-                    CachedToken::new(
-                        tokens.access_token,
-                        now + Duration::seconds(tokens.expires_in),
-                    )
-                    .map_err(TokenError::Internal)?,
-                );
+                let token = Arc::new(CachedToken::new(
+                    tokens.access_token,
+                    now + Duration::seconds(tokens.expires_in),
+                ));
                 cache.insert(scope.to_owned(), Arc::clone(&token));
                 Ok(token)
             }
@@ -863,7 +858,7 @@ fn snapshot_from_row(
                 .keys
                 .open_str(seal_context(Purpose::AccessToken, &tenant, &id), sealed)?,
             expires_at,
-        )?)),
+        ))),
         _ => None,
     };
     Ok(Snapshot {

@@ -6,6 +6,7 @@ use crate::amazon::spapi::{self, RestrictedResource, SpApiError};
 use crate::api_keys::Scope;
 use crate::app::AppState;
 use crate::broker::{IssuedToken, TokenError};
+use crate::error::Error;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -13,7 +14,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use time::{Duration, OffsetDateTime};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -27,39 +27,65 @@ pub struct AccessTokenRequest {
     pub force_refresh: Option<bool>,
 }
 
-/// An LWA access token for one connection. Borrows from the cache: answering
-/// copies the token only into the response body.
+/// An LWA access token for one connection.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AccessToken<'a> {
-    #[schema(value_type = String)]
-    pub access_token: &'a RawValue,
+    #[serde(flatten)]
+    pub token: TokenFields<'a>,
+    /// Seconds left when the token was handed out.
+    pub expires_in: i64,
+    /// `amazon_unavailable` when a refresh failed and a still-valid cached token is returned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_error: Option<&'static str>,
+}
+
+/// The fields of an [`AccessToken`] that stay the same while a token is cached.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenFields<'a> {
+    pub access_token: &'a str,
     #[schema(example = "bearer")]
     pub token_type: &'static str,
-    /// RFC 3339, UTC.
-    #[schema(value_type = String, format = DateTime)]
-    pub expires_at: &'a str,
-    pub expires_in: i64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
     pub connection_id: Uuid,
     pub selling_partner_id: &'a str,
     pub region: &'static str,
     /// The SP-API base URL to call for this connection.
     pub spapi_endpoint: &'a str,
-    /// `amazon_unavailable` when a refresh failed and a still-valid cached token is returned.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub refresh_error: Option<&'static str>,
 }
 
 fn no_store(body: impl Serialize) -> Response {
     ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
 }
 
-/// An access-token answer, encoded into a buffer sized for it up front, with
-/// room in its header map for the headers every response gets on the way out.
-fn access_token_response(body: &AccessToken<'_>) -> Result<Response, ApiError> {
-    let mut buffer = Vec::with_capacity(ACCESS_TOKEN_BODY_OVERHEAD + body.access_token.get().len());
-    serde_json::to_writer(&mut buffer, body).map_err(crate::error::Error::from)?;
-    let mut response = Response::new(Body::from(buffer));
+/// An [`AccessToken`] answer. Its [`TokenFields`] are encoded once per cached
+/// token (the ~400-byte token is most of the answer) and reused; each answer
+/// adds `expires_in` and `refresh_error`. The result is the JSON of
+/// [`AccessToken`] (tested below).
+fn access_token_response(
+    state: &AppState,
+    connection_id: Uuid,
+    issued: &IssuedToken,
+) -> Result<Response, ApiError> {
+    let prefix = issued
+        .answer_prefix(|issued| {
+            answer_prefix(&TokenFields {
+                access_token: issued.access_token().expose_secret(),
+                token_type: "bearer",
+                expires_at: issued.expires_at().to_offset(time::UtcOffset::UTC),
+                connection_id,
+                selling_partner_id: issued.selling_partner_id(),
+                region: issued.region().as_str(),
+                spapi_endpoint: state.config.spapi_endpoint(issued.region()),
+            })
+        })
+        .map_err(Error::from)?;
+    let body =
+        answer_body(prefix, issued.expires_in(), issued.refresh_error).map_err(Error::from)?;
+    let mut response = Response::new(Body::from(body));
     let headers = response.headers_mut();
+    // Room for the headers every response gets on the way out, so the map
+    // is not grown twice.
     headers.reserve(RESPONSE_HEADERS);
     headers.insert(
         header::CONTENT_TYPE,
@@ -69,10 +95,33 @@ fn access_token_response(body: &AccessToken<'_>) -> Result<Response, ApiError> {
     Ok(response)
 }
 
-/// Everything in an access-token answer but the token, with room to spare.
-const ACCESS_TOKEN_BODY_OVERHEAD: usize = 512;
 /// Content type, cache control, the security headers and the request id.
 const RESPONSE_HEADERS: usize = 10;
+
+/// `fields` as a JSON object left open for more fields.
+fn answer_prefix(fields: &TokenFields<'_>) -> Result<Box<[u8]>, serde_json::Error> {
+    let mut encoded = serde_json::to_vec(fields)?;
+    // serde_json ends an object with `}`; the answer's own fields follow.
+    encoded.pop();
+    Ok(encoded.into_boxed_slice())
+}
+
+fn answer_body(
+    prefix: &[u8],
+    expires_in: i64,
+    refresh_error: Option<&'static str>,
+) -> Result<Vec<u8>, serde_json::Error> {
+    let mut body = Vec::with_capacity(prefix.len() + 64);
+    body.extend_from_slice(prefix);
+    body.extend_from_slice(b",\"expires_in\":");
+    serde_json::to_writer(&mut body, &expires_in)?;
+    if let Some(reason) = refresh_error {
+        body.extend_from_slice(b",\"refresh_error\":");
+        serde_json::to_writer(&mut body, reason)?;
+    }
+    body.push(b'}');
+    Ok(body)
+}
 
 pub fn token_error(state: &AppState, error: TokenError) -> ApiError {
     match error {
@@ -147,25 +196,7 @@ pub async fn access_token(
         )
         .await
         .map_err(|e| token_error(&state, e))?;
-    access_token_response(&access_token_json(&state, connection_id, &issued))
-}
-
-fn access_token_json<'a>(
-    state: &'a AppState,
-    connection_id: Uuid,
-    issued: &'a IssuedToken,
-) -> AccessToken<'a> {
-    AccessToken {
-        access_token: issued.access_token_json(),
-        token_type: "bearer",
-        expires_in: issued.expires_in(),
-        expires_at: issued.expires_at_rfc3339(),
-        connection_id,
-        selling_partner_id: issued.selling_partner_id(),
-        region: issued.region().as_str(),
-        spapi_endpoint: state.config.spapi_endpoint(issued.region()),
-        refresh_error: issued.refresh_error,
-    }
+    access_token_response(&state, connection_id, &issued)
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -335,4 +366,49 @@ pub async fn grantless_token(
         expires_at: token.expires_at.to_offset(time::UtcOffset::UTC),
         scope: request.scope,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn fields(access_token: &str, selling_partner_id: &str) -> TokenFields<'static> {
+        TokenFields {
+            access_token: Box::leak(access_token.into()),
+            token_type: "bearer",
+            expires_at: time::macros::datetime!(2026-11-28 12:30:00.5 UTC),
+            connection_id: Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef),
+            selling_partner_id: Box::leak(selling_partner_id.into()),
+            region: "eu",
+            spapi_endpoint: "https://sellingpartnerapi-eu.amazon.com",
+        }
+    }
+
+    #[test]
+    fn the_fast_answer_is_the_json_of_access_token() {
+        for (token, seller, refresh_error) in [
+            ("Atza|IwEBIA-plain_token", "A1SELLER", None),
+            (
+                "Atza|with \"quotes\", \\ and \u{e9}\u{1f600}\n",
+                "A1\"odd</script>",
+                None,
+            ),
+            ("Atza|fallback", "A2SELLER", Some("amazon_unavailable")),
+        ] {
+            let prefix = answer_prefix(&fields(token, seller)).unwrap();
+            let fast = answer_body(&prefix, 1234, refresh_error).unwrap();
+            let fast: serde_json::Value = serde_json::from_slice(&fast).unwrap();
+            let reference = serde_json::to_value(AccessToken {
+                token: fields(token, seller),
+                expires_in: 1234,
+                refresh_error,
+            })
+            .unwrap();
+            assert_eq!(fast, reference);
+            assert_eq!(fast["access_token"], token);
+            assert_eq!(fast["expires_at"], "2026-11-28T12:30:00.5Z");
+            assert_eq!(fast.get("refresh_error").is_some(), refresh_error.is_some());
+        }
+    }
 }
