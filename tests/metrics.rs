@@ -27,6 +27,20 @@ async fn metrics_count_connections_tokens_and_lwa_calls() {
         .await
         .unwrap();
     assert_eq!(token.status(), 200);
+    // Two more hits, and three refusals (an unknown connection), on the same route.
+    let client = reqwest::Client::new();
+    for connection in [id.as_str(), id.as_str()]
+        .into_iter()
+        .chain([uuid::Uuid::nil().to_string().as_str(); 3])
+    {
+        let answer = client
+            .post(app.url(&format!("/v1/connections/{connection}/access-token")))
+            .bearer_auth(key.expose_secret())
+            .send()
+            .await
+            .unwrap();
+        assert!(matches!(answer.status().as_u16(), 200 | 404));
+    }
 
     let response = reqwest::get(app.url("/metrics")).await.unwrap();
     assert_eq!(response.status(), 200);
@@ -51,7 +65,35 @@ async fn metrics_count_connections_tokens_and_lwa_calls() {
         text.contains("sp_broker_lwa_requests_total{grant=\"authorization_code\",outcome=\"ok\"}"),
         "{text}"
     );
-    assert!(text.contains("sp_broker_http_requests_total{route=\"/v1/connections/{id}/access-token\",status=\"2xx\"}"), "{text}");
+    // Counted per route template and status class, whichever worker served them.
+    let route = "route=\"/v1/connections/{id}/access-token\"";
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in {text}"))
+    };
+    assert_eq!(
+        value(&format!(
+            "sp_broker_http_requests_total{{{route},status=\"2xx\"}}"
+        )),
+        3.0
+    );
+    assert_eq!(
+        value(&format!(
+            "sp_broker_http_requests_total{{{route},status=\"4xx\"}}"
+        )),
+        3.0
+    );
+    assert_eq!(
+        value(&format!(
+            "sp_broker_http_request_duration_seconds_count{{{route}}}"
+        )),
+        6.0
+    );
+    assert!(
+        text.contains("sp_broker_access_tokens_issued_total{source=\"cache\"} 3"),
+        "{text}"
+    );
     // Every metric is ours, and no secret is in it.
     for line in text
         .lines()

@@ -75,11 +75,8 @@ static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// (`/login/{token}`), so no token or query string ever reaches a log.
 async fn log_requests(request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "(unmatched)".to_owned());
+    let matched = request.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("(unmatched)", MatchedPath::as_str);
     let method = request.method().clone();
     // A v4 id from the thread-local generator: no system call per request.
     let request_id = uuid::Builder::from_random_bytes(rand::random())
@@ -90,7 +87,7 @@ async fn log_requests(request: Request, next: Next) -> Response {
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
     let latency_us = elapsed.as_micros() as u64;
-    crate::metrics::http_request(&route, status, elapsed.as_secs_f64());
+    crate::metrics::http_request(route, status, elapsed.as_secs_f64());
     span.in_scope(|| tracing::info!(status, latency_us, "request served"));
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID.clone(), value);
