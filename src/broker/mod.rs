@@ -78,6 +78,8 @@ pub struct Snapshot {
     pub selling_partner_id: String,
     pub region: Region,
     pub status: String,
+    /// `status == "active"`, kept apart so a cache hit does not read the string.
+    pub active: bool,
     pub status_reason: Option<String>,
     pub token: Option<Arc<CachedToken>>,
     pub cooldown_until: Option<OffsetDateTime>,
@@ -93,7 +95,32 @@ struct Entry {
     /// Tokens issued from this entry since the last flush, per API key id.
     /// Kept here, not in a map of its own, so counting a cache hit touches
     /// only memory the hit has just read.
-    usage: Mutex<Vec<(Uuid, u64)>>,
+    usage: Mutex<Usage>,
+}
+
+/// Counts per API key; the first key inline (most connections are used by
+/// one service), more in a list.
+#[derive(Default)]
+struct Usage {
+    first: Option<(Uuid, u64)>,
+    more: Vec<(Uuid, u64)>,
+}
+
+impl Usage {
+    fn count(&mut self, key_id: Uuid) {
+        match &mut self.first {
+            Some((key, issued)) if *key == key_id => *issued += 1,
+            None => self.first = Some((key_id, 1)),
+            Some(_) => match self.more.iter_mut().find(|(key, _)| *key == key_id) {
+                Some((_, issued)) => *issued += 1,
+                None => self.more.push((key_id, 1)),
+            },
+        }
+    }
+
+    fn drain(&mut self) -> impl Iterator<Item = (Uuid, u64)> + '_ {
+        self.first.take().into_iter().chain(self.more.drain(..))
+    }
 }
 
 impl Entry {
@@ -101,17 +128,13 @@ impl Entry {
         Entry {
             snapshot: RwLock::new(Arc::new(snapshot)),
             refresh: tokio::sync::Mutex::new(()),
-            usage: Mutex::new(Vec::new()),
+            usage: Mutex::new(Usage::default()),
         }
     }
 
     fn count_use(&self, key_id: Uuid) {
-        let Ok(mut usage) = self.usage.lock() else {
-            return;
-        };
-        match usage.iter_mut().find(|(key, _)| *key == key_id) {
-            Some((_, issued)) => *issued += 1,
-            None => usage.push((key_id, 1)),
+        if let Ok(mut usage) = self.usage.lock() {
+            usage.count(key_id);
         }
     }
 
@@ -120,7 +143,7 @@ impl Entry {
         let Ok(mut usage) = self.usage.lock() else {
             return;
         };
-        for (key_id, issued) in usage.drain(..) {
+        for (key_id, issued) in usage.drain() {
             *into.entry((key_id, connection_id)).or_insert(0) += issued;
         }
     }
@@ -376,7 +399,7 @@ impl TokenBroker {
         if !caller.can_see_tenant(snapshot.tenant_id) {
             return Err(TokenError::NotFound);
         }
-        if snapshot.status != "active" {
+        if !snapshot.active {
             return Err(TokenError::Reauthorization {
                 status: snapshot.status.clone(),
                 status_reason: snapshot.status_reason.clone(),
@@ -452,7 +475,7 @@ impl TokenBroker {
                 }
             };
             store_snapshot(entry, Arc::clone(&snapshot));
-            if snapshot.status != "active" {
+            if !snapshot.active {
                 return Err(TokenError::Reauthorization {
                     status: snapshot.status.clone(),
                     status_reason: snapshot.status_reason.clone(),
@@ -604,7 +627,7 @@ impl TokenBroker {
                 if !stored {
                     // Disconnected meanwhile, or our lease expired: re-read before answering.
                     if let Some(s) = self.load_snapshot(state, connection_id).await? {
-                        if s.status != "active" {
+                        if !s.active {
                             let error = TokenError::Reauthorization {
                                 status: s.status.clone(),
                                 status_reason: s.status_reason.clone(),
@@ -865,6 +888,7 @@ fn snapshot_from_row(
         tenant_id: row.tenant_id,
         selling_partner_id: row.selling_partner_id,
         region: row.region.parse().unwrap_or(Region::Na),
+        active: row.status == "active",
         status: row.status,
         status_reason: row.status_reason,
         token,
@@ -914,5 +938,25 @@ async fn record_event(
         connections::insert_refresh_event(&state.db, connection_id, at, outcome, latency_ms).await
     {
         tracing::warn!(error = %e, "could not record refresh outcome");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_counts_each_key_and_drains_to_zero() {
+        let (a, b, c) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3));
+        let mut usage = Usage::default();
+        for key in [a, b, a, c, b, a] {
+            usage.count(key);
+        }
+        let mut drained: Vec<_> = usage.drain().collect();
+        drained.sort();
+        assert_eq!(drained, vec![(a, 3), (b, 2), (c, 1)]);
+        assert_eq!(usage.drain().count(), 0);
+        usage.count(c);
+        assert_eq!(usage.drain().collect::<Vec<_>>(), vec![(c, 1)]);
     }
 }
