@@ -12,13 +12,15 @@
 //! 3. Drives it with its own closed-loop HTTP/1.1 load generator (C keep-alive
 //!    connections, each sending its next request when the last answer is read;
 //!    latency is from writing a request to reading the last byte of its answer):
-//!    phase (a) is `GET /healthz`, warm-up then a timed window; phase (b) is
-//!    cache-hit `POST /v1/connections/{id}/access-token` cycling over all
-//!    connections, warm-up then a timed window (before the first round, one
-//!    request per connection loads every token into the in-memory cache).
-//!    (a) then (b) run R rounds (default 5), each after the server and PostgreSQL
-//!    have gone idle, and the figures pool the rounds: the speed of this kind
-//!    of machine drifts by tens of percent over tens of seconds. Phase (c) stops
+//!    phase (a) is `GET /healthz`; phase (b) is cache-hit
+//!    `POST /v1/connections/{id}/access-token` cycling over all connections
+//!    (before the first round, one request per connection loads every token
+//!    into the in-memory cache). (a) and (b) run R rounds (default 5), each
+//!    after the server and PostgreSQL have gone idle; within a round they
+//!    alternate in S slices (default 4) of their timed windows, each after a
+//!    short warm-up, and the figures pool everything: the speed of this kind
+//!    of machine drifts by tens of percent over tens of seconds, and
+//!    alternating puts that drift on both phases alike. Phase (c) stops
 //!    the server, starts it again (in-memory cache empty) and asks once per
 //!    connection: every answer is read from PostgreSQL.
 //! 4. Prints requests per second, p50, p99, the ratios to the floor, the CPU time
@@ -54,6 +56,8 @@ type BoxError = Box<dyn Error + Send + Sync>;
 const BROKER_RECHECK: Duration = Duration::from_secs(30);
 const TARGET_RPS_RATIO: f64 = 0.80;
 const TARGET_P99: Duration = Duration::from_millis(5);
+/// Warm-up of a slice after the first: the connections are open already.
+const SLICE_WARMUP: Duration = Duration::from_millis(500);
 
 #[derive(Parser)]
 #[command(
@@ -94,9 +98,13 @@ struct Args {
     /// Warm-up before each timed window (not counted), seconds.
     #[arg(long, env = "BENCH_WARMUP_SECONDS", default_value_t = 2)]
     warmup_seconds: u64,
-    /// Rounds of (a) then (b); the table pools them (the machine's speed drifts).
+    /// Rounds of (a) and (b); the table pools them (the machine's speed drifts).
     #[arg(long, env = "BENCH_ROUNDS", default_value_t = 5)]
     rounds: u32,
+    /// Each round alternates (b) and (a) this many times, splitting their timed
+    /// windows into slices, so that drift in the machine's speed falls on both.
+    #[arg(long, env = "BENCH_SLICES", default_value_t = 4)]
+    slices: u32,
     /// Worker threads of the load generator's runtime.
     #[arg(long, env = "BENCH_CLIENT_THREADS", default_value_t = 2)]
     client_threads: usize,
@@ -131,11 +139,16 @@ async fn run(args: Args) -> Result<(), BoxError> {
         "  load:      {concurrency} keep-alive HTTP/1.1 connections, closed loop, {} client thread(s), same machine",
         args.client_threads.max(1)
     );
+    let slices = args.slices.max(1);
+    let slice = timed / slices;
     println!(
-        "  phases:    {} round(s) of (a) then (b), each {} s warm-up + {} s timed; (c) one request per connection",
+        "  phases:    {} round(s) of (a) and (b), each {} s timed in {slices} alternating slice(s) of {:.1} s \
+         ({:.1} s warm-up each; {} s for the first (b) of a round); (c) one request per connection",
         args.rounds.max(1),
+        timed.as_secs(),
+        slice.as_secs_f64(),
+        SLICE_WARMUP.as_secs_f64(),
         warmup.as_secs(),
-        timed.as_secs()
     );
 
     // 1. Seed.
@@ -154,10 +167,12 @@ async fn run(args: Args) -> Result<(), BoxError> {
     // 2. Start the server.
     let mut server = Server::start(&args, &seeded.key_spec).await?;
     check_token_answer(server.addr, &seeded).await?;
-    if warmup + timed >= BROKER_RECHECK {
+    // From the first warm-up of a round to the end of its last (b) slice.
+    let round_span = warmup + (slice + SLICE_WARMUP) * (2 * slices - 1) - SLICE_WARMUP;
+    if round_span >= BROKER_RECHECK {
         println!(
-            "  WARNING:   warm-up + timed >= {} s: cached connections get re-read from PostgreSQL during (b)",
-            BROKER_RECHECK.as_secs()
+            "  WARNING:   a round's (b) slices end {} s after its re-reads: cached connections get re-read from PostgreSQL during (b)",
+            round_span.as_secs()
         );
     }
 
@@ -177,12 +192,8 @@ async fn run(args: Args) -> Result<(), BoxError> {
     let mut last_load_end: Option<Instant> = None;
     for round in 1..=args.rounds.max(1) {
         // Nothing left over from the round before (the usage flush, say) may
-        // run in this round's floor.
+        // run in this round's first slice.
         settle(&server).await;
-        let limit = Limit::timed(warmup, timed);
-        profile(&server, limit, perf("a").filter(|_| round == 1));
-        let a = run_phase(&server, &healthz, concurrency, limit).await?;
-
         match last_load_end {
             // Round 1: one request per connection loads every token into memory.
             None => {
@@ -197,16 +208,24 @@ async fn run(args: Args) -> Result<(), BoxError> {
                 last_load_end = Some(Instant::now());
             }
             // Later rounds: wait until every entry is due for its re-read, so
-            // that all re-reads happen in the warm-up and none in the timed window.
+            // that all re-reads happen in the first warm-up and none in a timed slice.
             Some(end) => {
                 tokio::time::sleep_until((end + BROKER_RECHECK + Duration::from_secs(1)).into())
                     .await;
                 last_load_end = Some(Instant::now() + warmup);
             }
         }
-        let limit = Limit::timed(warmup, timed);
-        profile(&server, limit, perf("b").filter(|_| round == 1));
-        let b = run_phase(&server, &tokens, concurrency, limit).await?;
+        let mut a = PhaseResult::default();
+        let mut b = PhaseResult::default();
+        for index in 0..slices {
+            let first = round == 1 && index == 0;
+            let limit = Limit::timed(if index == 0 { warmup } else { SLICE_WARMUP }, slice);
+            profile(&server, limit, perf("b").filter(|_| first));
+            b.merge(run_phase(&server, &tokens, concurrency, limit).await?);
+            let limit = Limit::timed(SLICE_WARMUP, slice);
+            profile(&server, limit, perf("a").filter(|_| first));
+            a.merge(run_phase(&server, &healthz, concurrency, limit).await?);
+        }
         println!(
             "  round {round}:   (a) {:>6.0} req/s, p99 {} ms   (b) {:>6.0} req/s, p99 {} ms   (b)/(a) {:.1} %   server RSS {} MiB",
             a.rps(),
