@@ -69,6 +69,7 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
                 if let Some(handle) = crate::metrics::install() {
                     handle.run_upkeep();
                 }
+                state.broker.release_retired();
             }
             _ = clean.tick() => {
                 if let Err(e) = clean_up_once(&state).await {

@@ -242,9 +242,7 @@ pub struct TokenBroker {
     entries: FastMap<Uuid, Arc<Entry>>,
     breaker: CircuitBreaker,
     app_credentials: Mutex<AppCredentialState>,
-    /// Entries dropped from the cache whose counts are not flushed yet, or
-    /// that a request may still count on.
-    retired: Mutex<Vec<(Uuid, Arc<Entry>)>>,
+    retired: Mutex<Retired>,
     /// Grantless tokens by scope; the lock makes their refresh single-flight.
     grantless: tokio::sync::Mutex<HashMap<String, Arc<CachedToken>>>,
 }
@@ -256,10 +254,19 @@ impl Default for TokenBroker {
             entries: FastMap::default(),
             breaker: CircuitBreaker::default(),
             app_credentials: Mutex::new(AppCredentialState::default()),
-            retired: Mutex::new(Vec::new()),
+            retired: Mutex::new(Retired::default()),
             grantless: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
+}
+
+/// What is left of entries dropped from the cache.
+#[derive(Default)]
+struct Retired {
+    /// Dropped entries a request may still hold, and count a token on.
+    entries: Vec<(Uuid, Arc<Entry>)>,
+    /// Counts of dropped entries, for the next flush.
+    counts: HashMap<(Uuid, Uuid), u64>,
 }
 
 fn seal_context<'a>(purpose: Purpose, tenant: &'a str, row: &'a str) -> SealContext<'a> {
@@ -291,7 +298,7 @@ impl TokenBroker {
     pub fn forget(&self, connection_id: Uuid) {
         if let Some(removed) = self.entries.remove(&connection_id) {
             if let Ok(mut retired) = self.retired.lock() {
-                retired.push(removed);
+                retired.entries.push(removed);
             }
         }
     }
@@ -312,22 +319,34 @@ impl TokenBroker {
 
     /// Counts taken since the last call (key id, connection id) → tokens issued.
     pub fn take_usage(&self) -> HashMap<(Uuid, Uuid), u64> {
-        let mut taken = HashMap::new();
+        self.release_retired();
+        let mut taken = self
+            .retired
+            .lock()
+            .map(|mut retired| std::mem::take(&mut retired.counts))
+            .unwrap_or_default();
         for entry in self.entries.iter() {
             entry.value().take_usage(*entry.key(), &mut taken);
         }
-        if let Ok(mut retired) = self.retired.lock() {
-            // A retired entry is let go once no request holds it any more
-            // (none can reach it again: it is out of the map).
-            // Checked before draining, so a count made meanwhile is drained now
-            // or on the next flush.
-            retired.retain(|(id, entry)| {
-                let still_held = Arc::strong_count(entry) > 1;
-                entry.take_usage(*id, &mut taken);
-                still_held
-            });
-        }
         taken
+    }
+
+    /// Lets go of dropped entries that no request holds any more (none can
+    /// reach them again: they are out of the map), keeping their counts for
+    /// the next flush. Run every few seconds, so that a disconnected
+    /// connection's token does not stay in memory until the next flush.
+    pub fn release_retired(&self) {
+        let Ok(mut retired) = self.retired.lock() else {
+            return;
+        };
+        let Retired { entries, counts } = &mut *retired;
+        entries.retain(|(id, entry)| {
+            // Checked before draining: a count made meanwhile is drained now
+            // or next time.
+            let still_held = Arc::strong_count(entry) > 1;
+            entry.take_usage(*id, counts);
+            still_held
+        });
     }
 
     fn cached_entry(&self, connection_id: Uuid) -> Option<Arc<Entry>> {
@@ -943,7 +962,43 @@ async fn record_event(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    fn active_snapshot() -> Snapshot {
+        Snapshot {
+            tenant_id: Uuid::from_u128(1),
+            selling_partner_id: "A1SELLER".into(),
+            region: Region::Na,
+            status: "active".into(),
+            active: true,
+            status_reason: None,
+            token: None,
+            cooldown_until: None,
+            refresh_failures: 0,
+            loaded_at: 0,
+        }
+    }
+
+    #[test]
+    fn a_dropped_entry_keeps_its_counts_and_is_let_go_once_nobody_holds_it() {
+        let broker = TokenBroker::default();
+        let (connection, key) = (Uuid::from_u128(7), Uuid::from_u128(8));
+        let entry = Arc::new(Entry::new(active_snapshot()));
+        broker.entries.insert(connection, Arc::clone(&entry));
+        entry.count_use(key);
+        // Dropped (a NOTIFY, say) while a request still holds the entry...
+        broker.forget(connection);
+        broker.release_retired();
+        // ...which then hands out one more token.
+        entry.count_use(key);
+        assert_eq!(broker.retired.lock().unwrap().entries.len(), 1);
+        drop(entry);
+        broker.release_retired();
+        assert!(broker.retired.lock().unwrap().entries.is_empty());
+        assert_eq!(broker.take_usage(), HashMap::from([((key, connection), 2)]));
+        assert!(broker.take_usage().is_empty());
+    }
 
     #[test]
     fn usage_counts_each_key_and_drains_to_zero() {
