@@ -69,6 +69,7 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
                 if let Some(handle) = crate::metrics::install() {
                     handle.run_upkeep();
                 }
+                // Dropped cache entries (and their tokens) go within seconds.
                 state.broker.release_retired();
             }
             _ = clean.tick() => {

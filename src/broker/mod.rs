@@ -400,7 +400,7 @@ impl TokenBroker {
         )))
     }
 
-    /// `POST /v1/connections/{id}/access-token`, asked at `now`.
+    /// `POST /v1/connections/{id}/access-token`.
     pub async fn access_token(
         &self,
         state: &AppState,
@@ -408,8 +408,8 @@ impl TokenBroker {
         connection_id: Uuid,
         min_ttl: Duration,
         force_refresh: bool,
-        now: OffsetDateTime,
     ) -> Result<IssuedToken, TokenError> {
+        let now = state.now();
         let entry = self
             .entry(state, connection_id, now)
             .await?

@@ -233,14 +233,6 @@ impl<S: Send + Sync> FromRequest<S> for ApiBody {
                 MAX_BODY_BYTES / 1024
             ))
         };
-        let declared = request
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        if declared.is_some_and(|length| length > MAX_BODY_BYTES) {
-            return Err(too_large());
-        }
         axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES)
             .await
             .map(ApiBody)

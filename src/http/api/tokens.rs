@@ -192,7 +192,6 @@ pub async fn access_token(
             connection_id,
             Duration::seconds(min_ttl),
             request.force_refresh.unwrap_or(false),
-            state.now(),
         )
         .await
         .map_err(|e| token_error(&state, e))?;
@@ -289,7 +288,6 @@ pub async fn restricted_data_token(
             connection_id,
             Duration::seconds(60),
             false,
-            state.now(),
         )
         .await
         .map_err(|e| token_error(&state, e))?;
