@@ -7,10 +7,16 @@
 //! round trip. Revocation reaches every instance at once through PostgreSQL
 //! NOTIFY (see `notify.rs`); a cached entry is also re-read after
 //! [`CACHE_RECHECK`] in case a notification was missed.
-//! Never logs a key's secret part.
+//!
+//! [`ApiKeys`] is also the one home of creating, listing and revoking keys
+//! (the CLI, tests and the benchmark all come here). Never logs a key's
+//! secret part.
 
 use crate::clock::Clock;
 use crate::db::api_keys::{self, ApiKeyRow};
+use crate::db::audit::{self, AuditTarget};
+use crate::db::notify::{self, Change};
+use crate::domain::{text_field, InvalidInput};
 use crate::secrets;
 use dashmap::DashMap;
 use secrecy::{ExposeSecret, SecretString};
@@ -195,10 +201,23 @@ fn uptime_seconds(at: Instant) -> u64 {
     at.saturating_duration_since(*START).as_secs()
 }
 
-#[derive(Default)]
-pub struct ApiKeyCache {
+pub struct ApiKeys {
+    db: PgPool,
+    clock: Arc<dyn Clock>,
     entries: DashMap<String, CachedKey, foldhash::fast::RandomState>,
+    /// Bumped by every forget: see [`ApiKeys::verify`].
+    forgotten: AtomicU64,
 }
+
+#[derive(Debug, thiserror::Error)]
+pub enum CreateKeyError {
+    #[error(transparent)]
+    Invalid(#[from] InvalidInput),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+pub const MAX_NAME_CHARS: usize = 200;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -218,23 +237,34 @@ fn principal_from(row: &ApiKeyRow) -> ApiPrincipal {
     }
 }
 
-impl ApiKeyCache {
+impl ApiKeys {
+    pub fn new(db: PgPool, clock: Arc<dyn Clock>) -> Self {
+        ApiKeys {
+            db,
+            clock,
+            entries: DashMap::default(),
+            forgotten: AtomicU64::new(0),
+        }
+    }
+
     /// Verifies a presented key. Memory only on a recent cache hit.
-    pub async fn verify(
-        &self,
-        db: &PgPool,
-        presented: &str,
-        clock: &dyn Clock,
-    ) -> Result<Arc<ApiPrincipal>, AuthError> {
+    pub async fn verify(&self, presented: &str) -> Result<Arc<ApiPrincipal>, AuthError> {
         let (public_id, secret) = split_key(presented).ok_or(AuthError::Unauthenticated)?;
         let presented_hash = secrets::sha256(secret);
-        if let Some(verified) = self.verify_cached(db, public_id, &presented_hash, clock) {
+        if let Some(verified) = self.verify_cached(public_id, &presented_hash) {
             return verified;
         }
-        let Some(row) = api_keys::find_active_by_public_id(db, public_id).await? else {
+        // Forgetting bumps the epoch: an entry read before a revocation that
+        // landed meanwhile is not cached.
+        let epoch = self.forgotten.load(Ordering::Acquire);
+        let Some(row) = api_keys::find_active_by_public_id(&self.db, public_id).await? else {
             self.forget(public_id);
             return Err(AuthError::Unauthenticated);
         };
+        use subtle::ConstantTimeEq;
+        if !bool::from(row.secret_hash.as_slice().ct_eq(&presented_hash)) {
+            return Err(AuthError::Unauthenticated);
+        }
         // A re-read keeps the key's Amazon-call budget and last write time.
         let previous = self.entries.get(public_id).map(|e| {
             (
@@ -250,26 +280,27 @@ impl ApiKeyCache {
             }
             None => Arc::default(),
         };
-        self.entries.insert(
-            public_id.to_owned(),
-            CachedKey {
-                secret_hash: row.secret_hash,
-                principal: Arc::new(principal),
-                loaded: Instant::now(),
-                last_used_written,
-            },
-        );
-        self.verify_cached(db, public_id, &presented_hash, clock)
-            .unwrap_or(Err(AuthError::Unauthenticated))
+        let principal = Arc::new(principal);
+        let cached = CachedKey {
+            secret_hash: row.secret_hash,
+            principal: Arc::clone(&principal),
+            loaded: Instant::now(),
+            last_used_written,
+        };
+        // Judged by the row just read, not by what the map holds by now
+        // (another request may have replaced or dropped the entry meanwhile).
+        note_use(&self.db, &cached, Instant::now(), self.clock.as_ref());
+        if self.forgotten.load(Ordering::Acquire) == epoch {
+            self.entries.insert(public_id.to_owned(), cached);
+        }
+        Ok(principal)
     }
 
     /// The answer from the cache, or `None` when the key must be (re-)read.
     fn verify_cached(
         &self,
-        db: &PgPool,
         public_id: &str,
         presented_hash: &[u8],
-        clock: &dyn Clock,
     ) -> Option<Result<Arc<ApiPrincipal>, AuthError>> {
         let entry = self.entries.get(public_id)?;
         let at = Instant::now();
@@ -280,17 +311,118 @@ impl ApiKeyCache {
         if !bool::from(entry.secret_hash.as_slice().ct_eq(presented_hash)) {
             return Some(Err(AuthError::Unauthenticated));
         }
-        note_use(db, &entry, at, clock);
+        note_use(&self.db, &entry, at, self.clock.as_ref());
         Some(Ok(Arc::clone(&entry.principal)))
     }
 
     /// Drops a key from the cache (revoked here or on another instance).
     pub fn forget(&self, public_id: &str) {
+        self.forgotten.fetch_add(1, Ordering::AcqRel);
         self.entries.remove(public_id);
     }
 
     pub fn clear(&self) {
+        self.forgotten.fetch_add(1, Ordering::AcqRel);
         self.entries.clear();
+    }
+
+    /// Creates a key (an empty `scopes` gives the default ones) and audits
+    /// it; returns the key itself, shown once.
+    pub async fn create(
+        &self,
+        name: &str,
+        tenant_id: Option<Uuid>,
+        scopes: &[String],
+        actor: &str,
+    ) -> Result<SecretString, CreateKeyError> {
+        let name = text_field("name", name, MAX_NAME_CHARS)?;
+        let mut parsed: Vec<Scope> = Vec::new();
+        for raw in scopes {
+            let scope = Scope::parse(raw).ok_or_else(|| {
+                InvalidInput::new(
+                    "scope",
+                    "must be connections:read, tokens:issue, connections:manage or tenants:admin",
+                )
+            })?;
+            if !parsed.contains(&scope) {
+                parsed.push(scope);
+            }
+        }
+        if parsed.is_empty() {
+            parsed.extend(Scope::DEFAULT);
+        }
+        if tenant_id.is_some() && parsed.contains(&Scope::TenantsAdmin) {
+            return Err(InvalidInput::new(
+                "scope",
+                "tenants:admin exists only on platform keys (no tenant)",
+            )
+            .into());
+        }
+        let scope_names: Vec<String> = parsed.iter().map(|s| s.as_str().to_owned()).collect();
+        let key = NewKey::generate();
+        let now = self.clock.now();
+        let mut tx = self.db.begin().await?;
+        api_keys::insert_api_key(
+            &mut *tx,
+            api_keys::NewApiKey {
+                id: key.id,
+                public_id: &key.public_id,
+                secret_hash: &key.secret_hash(),
+                name,
+                tenant_id,
+                scopes: &scope_names,
+                now,
+            },
+        )
+        .await?;
+        audit::record(
+            &mut *tx,
+            now,
+            actor,
+            "api_key.created",
+            AuditTarget {
+                tenant_id,
+                connection_id: None,
+            },
+            serde_json::json!({"api_key_id": key.id, "public_id": key.public_id, "name": name, "scopes": scope_names}),
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::info!(public_id = %key.public_id, "API key created");
+        Ok(key.token())
+    }
+
+    /// Revokes a key by id or public id, everywhere at once (NOTIFY), and
+    /// audits it. False when there is no such active key.
+    pub async fn revoke(&self, id_or_public_id: &str, actor: &str) -> Result<bool, sqlx::Error> {
+        let now = self.clock.now();
+        let mut tx = self.db.begin().await?;
+        let Some((key_id, public_id, tenant_id)) =
+            api_keys::revoke_api_key(&mut *tx, id_or_public_id, now).await?
+        else {
+            return Ok(false);
+        };
+        audit::record(
+            &mut *tx,
+            now,
+            actor,
+            "api_key.revoked",
+            AuditTarget {
+                tenant_id,
+                connection_id: None,
+            },
+            serde_json::json!({"api_key_id": key_id, "public_id": public_id}),
+        )
+        .await?;
+        notify::send(&mut *tx, &Change::ApiKey(public_id.clone())).await?;
+        tx.commit().await?;
+        self.forget(&public_id);
+        tracing::info!(public_id = %public_id, "API key revoked");
+        Ok(true)
+    }
+
+    pub async fn list(&self, tenant_id: Option<Uuid>) -> Result<Vec<ApiKeyRow>, sqlx::Error> {
+        api_keys::list_api_keys(&self.db, tenant_id).await
     }
 }
 

@@ -1,13 +1,27 @@
-//! The application: [`AppState`] (everything a handler needs, cheap to clone),
-//! start-up ([`prepare`]), the router ([`build_router`]) and [`serve`] with
-//! graceful shutdown.
+//! The composition root: every service is built here, once, with exactly the
+//! handles it uses ([`Services::build`]); [`prepare`] is start-up (database,
+//! migrations, key checks, which Amazon the database serves); [`serve`] runs
+//! the HTTP server, the change listener and the background jobs until
+//! shutdown. Nothing else builds a service, and nothing below `http/` sees
+//! the bundle HTTP handlers extract from (`http::AppState`).
 
 use crate::amazon::lwa::{self, LwaClient};
+use crate::amazon::spapi::SpApi;
+use crate::api_keys::ApiKeys;
+use crate::authorization::{self, Authorizer, AuthorizerHandles};
+use crate::broker::{AppCredentials, BrokerHandles, TokenBroker};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
+use crate::connections::Connections;
 use crate::crypto::KeyRing;
 use crate::db;
-use crate::http;
+use crate::http::{self, AppState};
+use crate::jobs::Jobs;
+use crate::login_links::LoginLinks;
+use crate::notify::ChangeListener;
+use crate::ops_summary::Summaries;
+use crate::sandbox::Sandbox;
+use crate::tenants::Tenants;
 use axum::Router;
 use sqlx::PgPool;
 use std::future::Future;
@@ -15,64 +29,26 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
-/// Cloned for every request (axum's `State`), so it is one `Arc`: one counter
-/// to bump instead of one per field.
+/// Everything sp-broker is made of, built once.
 #[derive(Clone)]
-pub struct AppState(Arc<AppInner>);
-
-pub struct AppInner {
-    pub db: PgPool,
+pub struct Services {
     pub config: Arc<Config>,
+    pub db: PgPool,
     pub keys: Arc<KeyRing>,
-    pub http: reqwest::Client,
-    pub lwa: LwaClient,
     pub clock: Arc<dyn Clock>,
+    pub credentials: Arc<AppCredentials>,
+    pub broker: Arc<TokenBroker>,
+    pub authorizer: Arc<Authorizer>,
+    pub api_keys: Arc<ApiKeys>,
+    pub tenants: Arc<Tenants>,
+    pub login_links: Arc<LoginLinks>,
+    pub connections: Arc<Connections>,
+    pub summaries: Arc<Summaries>,
+    pub spapi: Arc<SpApi>,
+    /// The simulated Amazon, in sandbox mode only.
+    pub sandbox: Option<Arc<Sandbox>>,
     /// Set when shutdown begins: `/readyz` answers 503 from then on.
     pub shutting_down: Arc<AtomicBool>,
-    pub headers: Arc<http::SecurityHeaders>,
-    pub broker: Arc<crate::broker::TokenBroker>,
-    pub api_keys: Arc<crate::api_keys::ApiKeyCache>,
-}
-
-impl std::ops::Deref for AppState {
-    type Target = AppInner;
-
-    fn deref(&self) -> &AppInner {
-        &self.0
-    }
-}
-
-impl AppState {
-    pub fn new(config: Config, db: PgPool, keys: KeyRing, clock: Arc<dyn Clock>) -> Self {
-        crate::metrics::install();
-        let http_client = lwa::http_client();
-        let lwa = LwaClient::new(
-            http_client.clone(),
-            config.lwa_token_url.clone(),
-            config.lwa_client_id.clone(),
-        );
-        let headers = Arc::new(http::SecurityHeaders::new(&config));
-        AppState(Arc::new(AppInner {
-            db,
-            config: Arc::new(config),
-            keys: Arc::new(keys),
-            http: http_client,
-            lwa,
-            clock,
-            shutting_down: Arc::new(AtomicBool::new(false)),
-            headers,
-            broker: Arc::default(),
-            api_keys: Arc::default(),
-        }))
-    }
-
-    pub fn now(&self) -> time::OffsetDateTime {
-        self.clock.now()
-    }
-
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::Relaxed)
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,8 +59,12 @@ pub enum StartError {
     Database(#[from] db::DbSetupError),
     #[error(transparent)]
     Keys(#[from] db::key_checks::KeyCheckError),
+    #[error(transparent)]
+    OtherAmazon(#[from] authorization::OtherAmazon),
     #[error("database: {0}")]
     Query(#[from] sqlx::Error),
+    #[error("the HTTP client for Amazon cannot be built: {0}")]
+    HttpClient(#[from] reqwest::Error),
     #[error("cannot bind {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -92,33 +72,133 @@ pub enum StartError {
     },
 }
 
-/// Connects to PostgreSQL (creating the database), applies migrations, loads the
-/// key ring and checks it against what is stored (fail closed).
-pub async fn prepare(config: Config) -> Result<AppState, StartError> {
+impl Services {
+    pub fn build(
+        config: Config,
+        db: PgPool,
+        keys: KeyRing,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Services, StartError> {
+        crate::metrics::install();
+        let config = Arc::new(config);
+        let keys = Arc::new(keys);
+        let http_client = lwa::http_client()?;
+        let lwa = LwaClient::new(
+            http_client.clone(),
+            config.lwa_token_url.clone(),
+            config.lwa_client_id.clone(),
+        );
+        let spapi = Arc::new(SpApi::new(
+            http_client,
+            config
+                .spapi_override
+                .as_ref()
+                .map(|url| url.as_str().trim_end_matches('/').to_owned()),
+        ));
+        let credentials = Arc::new(AppCredentials::new(
+            db.clone(),
+            Arc::clone(&clock),
+            config.lwa_client_secrets.clone(),
+        ));
+        let broker = TokenBroker::new(BrokerHandles {
+            db: db.clone(),
+            keys: Arc::clone(&keys),
+            lwa: lwa.clone(),
+            clock: Arc::clone(&clock),
+            credentials: Arc::clone(&credentials),
+        });
+        let authorizer = Arc::new(Authorizer::new(AuthorizerHandles {
+            db: db.clone(),
+            keys: Arc::clone(&keys),
+            lwa,
+            clock: Arc::clone(&clock),
+            credentials: Arc::clone(&credentials),
+            config: Arc::clone(&config),
+            spapi: Arc::clone(&spapi),
+            broker: Arc::clone(&broker),
+        }));
+        let sandbox = config
+            .is_sandbox()
+            .then(|| Arc::new(Sandbox::new(db.clone(), Arc::clone(&clock), &config)));
+        Ok(Services {
+            api_keys: Arc::new(ApiKeys::new(db.clone(), Arc::clone(&clock))),
+            tenants: Arc::new(Tenants::new(db.clone(), Arc::clone(&clock))),
+            login_links: Arc::new(LoginLinks::new(
+                db.clone(),
+                Arc::clone(&clock),
+                Arc::clone(&config),
+            )),
+            connections: Arc::new(Connections::new(
+                db.clone(),
+                Arc::clone(&clock),
+                Arc::clone(&broker),
+            )),
+            summaries: Arc::new(Summaries::new(
+                db.clone(),
+                Arc::clone(&clock),
+                Arc::clone(&credentials),
+            )),
+            config,
+            db,
+            keys,
+            clock,
+            credentials,
+            broker,
+            authorizer,
+            spapi,
+            sandbox,
+            shutting_down: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// The background jobs of this instance.
+    pub fn jobs(&self) -> Jobs {
+        Jobs::new(
+            self.db.clone(),
+            Arc::clone(&self.clock),
+            Arc::clone(&self.broker),
+        )
+    }
+
+    /// The HTTP router over these services.
+    pub fn router(&self) -> Router {
+        http::router(AppState::new(self), self.sandbox.clone())
+    }
+}
+
+/// Connects to PostgreSQL (creating the database), applies migrations, loads
+/// the key ring and checks it against what is stored (fail closed), and
+/// refuses a database whose connections belong to another Amazon.
+pub async fn prepare(config: Config) -> Result<Services, StartError> {
     let keys = config.load_key_ring()?;
     let pool = db::connect(&config.database_url).await?;
     db::migrate(&pool).await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     db::key_checks::verify_key_ring(&pool, &keys, clock.now()).await?;
-    Ok(AppState::new(config, pool, keys, clock))
+    authorization::check_database_serves(&pool, config.mode, &config.lwa_client_id).await?;
+    Services::build(config, pool, keys, clock)
 }
 
-pub fn build_router(state: AppState) -> Router {
-    http::router(state)
-}
-
-/// Serves until `shutdown` resolves, then marks the instance not ready and
-/// drains in-flight requests.
+/// Serves until `shutdown` resolves, then marks the instance not ready,
+/// drains in-flight requests, and stops the listener and the jobs.
 pub async fn serve(
     listener: TcpListener,
-    state: AppState,
+    services: Services,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let flag = state.shutting_down.clone();
+    let flag = Arc::clone(&services.shutting_down);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let listener_task = tokio::spawn(crate::notify::listen(state.clone(), stop_rx.clone()));
-    let jobs_task = tokio::spawn(crate::jobs::run(state.clone(), stop_rx));
-    let router = build_router(state);
+    if let Err(e) = services.broker.app_state_changed().await {
+        tracing::warn!(error = %e, "could not read the app-wide state at start");
+    }
+    let change_listener = ChangeListener::new(
+        services.db.clone(),
+        Arc::clone(&services.broker),
+        Arc::clone(&services.api_keys),
+    );
+    let listener_task = tokio::spawn(change_listener.run(stop_rx.clone()));
+    let jobs_task = tokio::spawn(services.jobs().run(stop_rx));
+    let router = services.router();
     let served = axum::serve(listener, router)
         .with_graceful_shutdown(async move {
             shutdown.await;

@@ -1,23 +1,32 @@
 //! The SP-API website authorization workflow, apart from HTTP: pending
-//! authorizations (`state`), and completing one (exchange the code exactly once,
-//! seal and store the tokens, upsert the connection, audit).
+//! authorizations (`state`), completing one (exchange the code exactly once,
+//! seal and store the tokens, upsert the connection, audit), and the one home
+//! of "seal and store a connection's tokens" that tests and the benchmark
+//! use too.
 //!
 //! Tenant, region and redirect URI come only from the stored pending
 //! authorization, never from the callback's parameters. Never logs a code,
 //! state or token.
 
-use crate::amazon::lwa::{Grant, LwaError};
+use crate::amazon::lwa::{Grant, LwaClient, LwaError, TOTAL_TIMEOUT};
 use crate::amazon::marketplaces::{self, AccountType, Marketplace, Region};
-use crate::amazon::spapi;
-use crate::app::AppState;
-use crate::crypto::{Purpose, SealContext};
+use crate::amazon::spapi::SpApi;
+use crate::broker::{AppCredentials, TokenBroker};
+use crate::clock::Clock;
+use crate::config::{AmazonMode, Config};
+use crate::crypto::{KeyRing, Purpose, SealContext};
 use crate::db::audit::{self, AuditTarget};
-use crate::db::connections;
+use crate::db::connections::{self, AuthorizationKey};
+use crate::db::notify::{self, Change};
 use crate::db::oauth_states::{self, NewPendingAuthorization, PendingAuthorization, StateProblem};
+use crate::domain::AUTHORIZATION_LIFETIME;
 use crate::error::Error;
 use crate::secrets;
 use secrecy::{ExposeSecret, SecretString};
-use time::Duration;
+use sqlx::PgPool;
+use std::sync::Arc;
+use std::time::Instant;
+use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
 pub const STATE_LIFETIME: Duration = Duration::minutes(15);
@@ -29,6 +38,16 @@ pub enum Flow {
     LoginUri,
 }
 
+impl Flow {
+    fn as_str(self) -> &'static str {
+        match self {
+            Flow::Connect => "connect",
+            Flow::Reconnect(_) => "reconnect",
+            Flow::LoginUri => "login_uri",
+        }
+    }
+}
+
 pub struct Begin<'a> {
     pub tenant_id: Uuid,
     pub user_id: &'a str,
@@ -37,37 +56,6 @@ pub struct Begin<'a> {
     pub account_type: AccountType,
     pub flow: Flow,
     pub expected_selling_partner_id: Option<&'a str>,
-}
-
-/// Records a pending authorization and returns its `state` (256 random bits).
-pub async fn begin(state: &AppState, begin: Begin<'_>) -> Result<SecretString, Error> {
-    let oauth_state = secrets::random_token(32);
-    let now = state.now();
-    let (flow, reconnect_id) = match begin.flow {
-        Flow::Connect => ("connect", None),
-        Flow::Reconnect(id) => ("reconnect", Some(id)),
-        Flow::LoginUri => ("login_uri", None),
-    };
-    oauth_states::insert_pending(
-        &state.db,
-        NewPendingAuthorization {
-            state_hash: &secrets::sha256_secret(&oauth_state),
-            session_binding: begin.session_binding,
-            tenant_id: begin.tenant_id,
-            user_id: begin.user_id,
-            flow,
-            marketplace_id: begin.marketplace.id,
-            account_type: begin.account_type.as_str(),
-            region: begin.marketplace.region.as_str(),
-            redirect_uri: &state.config.redirect_uri(),
-            reconnect_connection_id: reconnect_id,
-            expected_selling_partner_id: begin.expected_selling_partner_id,
-            now,
-            expires_at: now + STATE_LIFETIME,
-        },
-    )
-    .await?;
-    Ok(oauth_state)
 }
 
 #[derive(Debug)]
@@ -120,70 +108,362 @@ fn is_plausible_selling_partner_id(id: &str) -> bool {
     (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
-/// Completes an authorization: consumes the state atomically, exchanges the
-/// code exactly once, stores the tokens sealed and upserts the connection.
-pub async fn complete(
-    state: &AppState,
-    callback: Callback<'_>,
-) -> Result<(Outcome, Uuid), CompleteError> {
-    let now = state.now();
-    let state_hash = secrets::sha256(callback.oauth_state);
-    let pending = match callback.session_binding {
-        Some(binding) => {
-            oauth_states::consume_pending(&state.db, &state_hash, binding, now).await?
+/// A connection's tokens to seal and store (a completed authorization; tests
+/// and the benchmark seed connections the same way).
+pub struct NewAuthorization<'a> {
+    pub tenant_id: Uuid,
+    pub selling_partner_id: &'a str,
+    pub region: Region,
+    pub account_type: AccountType,
+    pub marketplace_id: &'a str,
+    pub refresh_token: &'a SecretString,
+    pub access_token: &'a SecretString,
+    pub access_token_expires_at: OffsetDateTime,
+    /// Who authorized it, for the audit log (`user:{id}`).
+    pub actor: &'a str,
+    pub flow: &'a str,
+}
+
+pub struct Authorizer {
+    db: PgPool,
+    keys: Arc<KeyRing>,
+    lwa: LwaClient,
+    clock: Arc<dyn Clock>,
+    credentials: Arc<AppCredentials>,
+    config: Arc<Config>,
+    spapi: Arc<SpApi>,
+    broker: Arc<TokenBroker>,
+}
+
+pub struct AuthorizerHandles {
+    pub db: PgPool,
+    pub keys: Arc<KeyRing>,
+    pub lwa: LwaClient,
+    pub clock: Arc<dyn Clock>,
+    pub credentials: Arc<AppCredentials>,
+    pub config: Arc<Config>,
+    pub spapi: Arc<SpApi>,
+    pub broker: Arc<TokenBroker>,
+}
+
+impl Authorizer {
+    pub fn new(h: AuthorizerHandles) -> Self {
+        Authorizer {
+            db: h.db,
+            keys: h.keys,
+            lwa: h.lwa,
+            clock: h.clock,
+            credentials: h.credentials,
+            config: h.config,
+            spapi: h.spapi,
+            broker: h.broker,
         }
-        None => None,
-    };
-    let Some(pending) = pending else {
-        let problem =
-            oauth_states::diagnose(&state.db, &state_hash, callback.session_binding, now).await?;
-        return Err(CompleteError::State(problem));
-    };
-    if !is_plausible_selling_partner_id(callback.selling_partner_id) {
-        return Err(CompleteError::BadSellingPartnerId);
     }
-    let region: Region = pending
-        .region
-        .parse()
-        .map_err(|_| CompleteError::BadSellingPartnerId)?;
 
-    // Exactly one request: a code exchange is never retried.
-    let started = std::time::Instant::now();
-    let exchanged = state
-        .lwa
-        .request(
-            &Grant::AuthorizationCode {
-                code: &callback.code,
-                redirect_uri: &pending.redirect_uri,
+    /// Records a pending authorization and returns its `state` (256 random bits).
+    pub async fn begin(&self, begin: Begin<'_>) -> Result<SecretString, Error> {
+        let oauth_state = secrets::random_token(32);
+        let now = self.clock.now();
+        let reconnect_id = match begin.flow {
+            Flow::Reconnect(id) => Some(id),
+            Flow::Connect | Flow::LoginUri => None,
+        };
+        oauth_states::insert_pending(
+            &self.db,
+            NewPendingAuthorization {
+                state_hash: &secrets::sha256_secret(&oauth_state),
+                session_binding: begin.session_binding,
+                tenant_id: begin.tenant_id,
+                user_id: begin.user_id,
+                flow: begin.flow.as_str(),
+                marketplace_id: begin.marketplace.id,
+                account_type: begin.account_type,
+                region: begin.marketplace.region,
+                redirect_uri: &self.config.redirect_uri(),
+                reconnect_connection_id: reconnect_id,
+                expected_selling_partner_id: begin.expected_selling_partner_id,
+                now,
+                expires_at: now + STATE_LIFETIME,
             },
-            &state.config.lwa_client_secrets,
         )
-        .await;
-    crate::metrics::lwa_call(
-        "authorization_code",
-        if exchanged.is_ok() { "ok" } else { "failed" },
-        started.elapsed().as_secs_f64(),
-    );
-    let tokens = exchanged.map_err(CompleteError::Exchange)?;
-    let refresh_token = tokens.refresh_token.ok_or(CompleteError::NoRefreshToken)?;
-    let access_expires_at = now + Duration::seconds(tokens.expires_in);
-
-    let (connection_id, is_new) = store(
-        state,
-        &pending,
-        callback.selling_partner_id,
-        &refresh_token,
-        &tokens.access_token,
-        access_expires_at,
-    )
-    .await?;
-
-    if pending.account_type == "seller" {
-        verify_seller(state, connection_id, region, &tokens.access_token).await;
+        .await?;
+        Ok(oauth_state)
     }
 
-    let selling_partner_id = callback.selling_partner_id.to_owned();
-    let outcome = match (
+    /// Completes an authorization: consumes the state atomically, exchanges the
+    /// code exactly once, stores the tokens sealed and upserts the connection.
+    pub async fn complete(&self, callback: Callback<'_>) -> Result<(Outcome, Uuid), CompleteError> {
+        let now = self.clock.now();
+        let state_hash = secrets::sha256(callback.oauth_state);
+        let pending = match callback.session_binding {
+            Some(binding) => {
+                oauth_states::consume_pending(&self.db, &state_hash, binding, now).await?
+            }
+            None => None,
+        };
+        let Some(pending) = pending else {
+            let problem =
+                oauth_states::diagnose(&self.db, &state_hash, callback.session_binding, now)
+                    .await?;
+            return Err(CompleteError::State(problem));
+        };
+        if !is_plausible_selling_partner_id(callback.selling_partner_id) {
+            return Err(CompleteError::BadSellingPartnerId);
+        }
+
+        // Exactly one request per secret at most: a code exchange is never
+        // retried (a refused secret is refused before the code is looked at).
+        let started = Instant::now();
+        let secrets = self.credentials.secrets_in_order();
+        let deadline = started + TOTAL_TIMEOUT * secrets.len().max(1) as u32;
+        let exchanged = self
+            .lwa
+            .request(
+                &Grant::AuthorizationCode {
+                    code: &callback.code,
+                    redirect_uri: &pending.redirect_uri,
+                },
+                &secrets,
+                deadline,
+            )
+            .await;
+        crate::metrics::lwa_call(
+            "authorization_code",
+            if exchanged.is_ok() { "ok" } else { "failed" },
+            started.elapsed().as_secs_f64(),
+        );
+        let tokens = match exchanged {
+            Ok(tokens) => tokens,
+            Err(error) => {
+                if matches!(error, LwaError::ClientRejected { .. }) {
+                    self.credentials.rejected().await?;
+                }
+                return Err(CompleteError::Exchange(error));
+            }
+        };
+        self.credentials.worked(tokens.secret_index).await?;
+        let refresh_token = tokens
+            .refresh_token
+            .as_ref()
+            .ok_or(CompleteError::NoRefreshToken)?;
+        let (connection_id, is_new) = self
+            .store(&NewAuthorization {
+                tenant_id: pending.tenant_id,
+                selling_partner_id: callback.selling_partner_id,
+                region: pending.region,
+                account_type: pending.account_type,
+                marketplace_id: &pending.marketplace_id,
+                refresh_token,
+                access_token: &tokens.access_token,
+                access_token_expires_at: now + tokens.lifetime(),
+                actor: &format!("user:{}", pending.user_id),
+                flow: &pending.flow,
+            })
+            .await?;
+
+        if pending.account_type == AccountType::Seller {
+            self.verify_seller(connection_id, pending.region, &tokens.access_token)
+                .await;
+        }
+        Ok((
+            outcome_of(&pending, callback.selling_partner_id, is_new),
+            connection_id,
+        ))
+    }
+
+    /// Seals and stores a connection's tokens: the connection keyed by
+    /// (tenant, selling partner, region) is created or updated in one
+    /// transaction, audited, and every instance told. Returns its id and
+    /// whether it is new.
+    pub async fn store(&self, a: &NewAuthorization<'_>) -> Result<(Uuid, bool), Error> {
+        let now = self.clock.now();
+        let mut tx = self.db.begin().await?;
+        let stored = self.store_in(&mut tx, a, now).await?;
+        tx.commit().await?;
+        self.stored(a, stored);
+        Ok(stored)
+    }
+
+    /// [`Authorizer::store`] for many authorizations in one transaction (the
+    /// benchmark seeds its connections this way).
+    pub async fn store_all(
+        &self,
+        authorizations: &[NewAuthorization<'_>],
+    ) -> Result<Vec<(Uuid, bool)>, Error> {
+        let now = self.clock.now();
+        let mut tx = self.db.begin().await?;
+        let mut stored = Vec::with_capacity(authorizations.len());
+        for a in authorizations {
+            stored.push(self.store_in(&mut tx, a, now).await?);
+        }
+        tx.commit().await?;
+        for (a, &one) in authorizations.iter().zip(&stored) {
+            self.stored(a, one);
+        }
+        Ok(stored)
+    }
+
+    /// After the commit: this instance forgets what it cached.
+    fn stored(&self, a: &NewAuthorization<'_>, (id, is_new): (Uuid, bool)) {
+        self.broker.forget(id);
+        tracing::info!(connection = %id, flow = a.flow, region = %a.region, is_new, "seller authorization stored");
+    }
+
+    async fn store_in(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        a: &NewAuthorization<'_>,
+        now: OffsetDateTime,
+    ) -> Result<(Uuid, bool), Error> {
+        let (id, is_new) = connections::lock_or_create(
+            tx,
+            &AuthorizationKey {
+                tenant_id: a.tenant_id,
+                selling_partner_id: a.selling_partner_id,
+                region: a.region,
+                account_type: a.account_type,
+                marketplace_id: a.marketplace_id,
+            },
+            now,
+        )
+        .await?;
+        let tenant = a.tenant_id.to_string();
+        let row = id.to_string();
+        let context = |purpose| SealContext {
+            purpose,
+            tenant: &tenant,
+            row: &row,
+        };
+        let refresh_sealed = self
+            .keys
+            .seal_str(context(Purpose::RefreshToken), a.refresh_token);
+        let access_sealed = self
+            .keys
+            .seal_str(context(Purpose::AccessToken), a.access_token);
+        connections::store_authorization(
+            tx,
+            connections::Authorized {
+                id,
+                account_type: a.account_type,
+                marketplace_id: a.marketplace_id,
+                refresh_token_sealed: &refresh_sealed,
+                access_token_sealed: &access_sealed,
+                access_token_expires_at: a.access_token_expires_at,
+                authorization_expires_at: now + AUTHORIZATION_LIFETIME,
+                mode: self.config.mode,
+                client_id: &self.config.lwa_client_id,
+                now,
+            },
+        )
+        .await?;
+        let action = if is_new {
+            "connection.connected"
+        } else {
+            "connection.reconnected"
+        };
+        audit::record(
+            &mut **tx,
+            now,
+            a.actor,
+            action,
+            AuditTarget {
+                tenant_id: Some(a.tenant_id),
+                connection_id: Some(id),
+            },
+            serde_json::json!({
+                "flow": a.flow,
+                "selling_partner_id": a.selling_partner_id,
+                "region": a.region,
+                "marketplace_id": a.marketplace_id,
+            }),
+        )
+        .await?;
+        notify::send(&mut **tx, &Change::connection(id)).await?;
+        Ok((id, is_new))
+    }
+
+    /// Reads the seller's store name and marketplaces. Best effort: a failure is
+    /// logged and the connection stays as it is (the fields stay null until known).
+    async fn verify_seller(&self, id: Uuid, region: Region, access_token: &SecretString) {
+        match self
+            .spapi
+            .marketplace_participations(region, access_token)
+            .await
+        {
+            Ok(account) => {
+                if let Err(e) = connections::update_verified_details(
+                    &self.db,
+                    id,
+                    account.store_name.as_deref(),
+                    &account.marketplace_ids,
+                    self.clock.now(),
+                )
+                .await
+                {
+                    tracing::warn!(connection = %id, error = %e, "could not store verified seller details");
+                }
+            }
+            Err(e) => tracing::warn!(connection = %id, error = %e, "seller verification failed"),
+        }
+    }
+}
+
+/// A start whose Amazon is not the one the stored authorizations belong to.
+#[derive(Debug, thiserror::Error)]
+pub enum OtherAmazon {
+    #[error(
+        "SP_BROKER_AMAZON / SP_BROKER_LWA_CLIENT_ID: the {count} stored authorization(s) of this database \
+         were made in {stored_mode} mode under LWA client id `{stored_client_id}`, but this start is in \
+         {mode} mode under `{client_id}`; refusing to start, so that no refresh token goes to an Amazon \
+         or an app it does not belong to (check the settings, or use another DATABASE_URL)"
+    )]
+    Mismatch {
+        stored_mode: String,
+        stored_client_id: String,
+        count: i64,
+        mode: AmazonMode,
+        client_id: String,
+    },
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// One Amazon per database (CONTRACT §1): refuses a start in another mode or
+/// under another LWA client id than the stored authorizations were made in.
+/// Authorizations from before connections recorded this are stamped with the
+/// first start's (the README says so).
+pub async fn check_database_serves(
+    db: &PgPool,
+    mode: AmazonMode,
+    client_id: &str,
+) -> Result<(), OtherAmazon> {
+    for (stored_mode, stored_client_id, count) in connections::authorized_amazons(db).await? {
+        if stored_mode != mode.as_str() || stored_client_id != client_id {
+            return Err(OtherAmazon::Mismatch {
+                stored_mode,
+                stored_client_id,
+                count,
+                mode,
+                client_id: client_id.to_owned(),
+            });
+        }
+    }
+    let stamped = connections::stamp_unstamped_authorizations(db, mode, client_id).await?;
+    if stamped > 0 {
+        tracing::warn!(
+            stamped,
+            mode = mode.as_str(),
+            client_id,
+            "stored authorizations from before this version are taken to belong to this start's Amazon"
+        );
+    }
+    Ok(())
+}
+
+fn outcome_of(pending: &PendingAuthorization, selling_partner_id: &str, is_new: bool) -> Outcome {
+    let selling_partner_id = selling_partner_id.to_owned();
+    let region = pending.region;
+    match (
         &pending.expected_selling_partner_id,
         pending.reconnect_connection_id,
     ) {
@@ -203,109 +483,6 @@ pub async fn complete(
             selling_partner_id,
             region,
         },
-    };
-    Ok((outcome, connection_id))
-}
-
-async fn store(
-    state: &AppState,
-    pending: &PendingAuthorization,
-    selling_partner_id: &str,
-    refresh_token: &SecretString,
-    access_token: &SecretString,
-    access_expires_at: time::OffsetDateTime,
-) -> Result<(Uuid, bool), Error> {
-    let now = state.now();
-    let mut tx = state.db.begin().await?;
-    let (id, is_new) = connections::lock_or_create(
-        &mut tx,
-        pending.tenant_id,
-        selling_partner_id,
-        &pending.region,
-        &pending.account_type,
-        &pending.marketplace_id,
-        now,
-    )
-    .await?;
-    let tenant = pending.tenant_id.to_string();
-    let row = id.to_string();
-    let refresh_sealed = state.keys.seal_str(
-        SealContext {
-            purpose: Purpose::RefreshToken,
-            tenant: &tenant,
-            row: &row,
-        },
-        refresh_token,
-    );
-    let access_sealed = state.keys.seal_str(
-        SealContext {
-            purpose: Purpose::AccessToken,
-            tenant: &tenant,
-            row: &row,
-        },
-        access_token,
-    );
-    connections::store_authorization(
-        &mut tx,
-        connections::Authorized {
-            id,
-            account_type: &pending.account_type,
-            marketplace_id: &pending.marketplace_id,
-            refresh_token_sealed: &refresh_sealed,
-            access_token_sealed: &access_sealed,
-            access_token_expires_at: access_expires_at,
-            now,
-        },
-    )
-    .await?;
-    let action = if is_new {
-        "connection.connected"
-    } else {
-        "connection.reconnected"
-    };
-    audit::record(
-        &mut *tx,
-        now,
-        &format!("user:{}", pending.user_id),
-        action,
-        AuditTarget {
-            tenant_id: Some(pending.tenant_id),
-            connection_id: Some(id),
-        },
-        serde_json::json!({
-            "flow": pending.flow,
-            "selling_partner_id": selling_partner_id,
-            "region": pending.region,
-            "marketplace_id": pending.marketplace_id,
-        }),
-    )
-    .await?;
-    connections::notify_changed(&mut *tx, id).await?;
-    tx.commit().await?;
-    state.broker.forget(id);
-    tracing::info!(connection = %id, flow = %pending.flow, region = %pending.region, is_new, "seller authorization stored");
-    Ok((id, is_new))
-}
-
-/// Reads the seller's store name and marketplaces. Best effort: a failure is
-/// logged and the connection stays as it is (the fields stay null until known).
-async fn verify_seller(state: &AppState, id: Uuid, region: Region, access_token: &SecretString) {
-    let endpoint = state.config.spapi_endpoint(region);
-    match spapi::marketplace_participations(&state.http, endpoint, access_token).await {
-        Ok(account) => {
-            if let Err(e) = connections::update_verified_details(
-                &state.db,
-                id,
-                account.store_name.as_deref(),
-                &account.marketplace_ids,
-                state.now(),
-            )
-            .await
-            {
-                tracing::warn!(connection = %id, error = %e, "could not store verified seller details");
-            }
-        }
-        Err(e) => tracing::warn!(connection = %id, error = %e, "seller verification failed"),
     }
 }
 

@@ -1,15 +1,17 @@
 //! The command line of CONTRACT §1. Each subcommand prints exactly what the
 //! contract says on stdout; logs and messages go to stderr.
 
-use crate::app::{self, AppState, StartError};
+use crate::app::{self, Services, StartError};
 use crate::config::{Config, ConfigError, Settings};
 use crate::crypto::KeyRing;
+use crate::db;
 use crate::db::login_tokens::LoginKind;
-use crate::db::tenants;
-use crate::http::pages;
-use crate::{amazon::consent, db};
+use crate::domain::InvalidInput;
+use crate::login_links::{LinkRequest, LoginLinkError};
+use crate::tenants::CreateTenantError;
 use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret;
+use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(
@@ -128,7 +130,54 @@ impl CliError {
         match self {
             CliError::Usage(_) | CliError::Config(_) | CliError::Log(_) => 2,
             CliError::Start(StartError::Config(_)) => 2,
+            CliError::Start(StartError::OtherAmazon(
+                crate::authorization::OtherAmazon::Mismatch { .. },
+            )) => 2,
             _ => 1,
+        }
+    }
+}
+
+/// A refused field, named by the flag or argument that gave it.
+impl From<InvalidInput> for CliError {
+    fn from(invalid: InvalidInput) -> Self {
+        let flag = match invalid.field {
+            "slug" => "SLUG",
+            "user_id" => "--user",
+            "return_to" => "--return-to",
+            "scope" => "--scope",
+            "name" => "--name",
+            "email" => "--email",
+            other => other,
+        };
+        CliError::Usage(format!("{flag}: {}", invalid.problem))
+    }
+}
+
+impl From<CreateTenantError> for CliError {
+    fn from(e: CreateTenantError) -> Self {
+        match e {
+            CreateTenantError::Invalid(invalid) => invalid.into(),
+            CreateTenantError::Exists => CliError::Usage("SLUG: this tenant already exists".into()),
+            CreateTenantError::Database(e) => e.into(),
+        }
+    }
+}
+
+impl From<LoginLinkError> for CliError {
+    fn from(e: LoginLinkError) -> Self {
+        match e {
+            LoginLinkError::Invalid(invalid) => invalid.into(),
+            LoginLinkError::Database(e) => e.into(),
+        }
+    }
+}
+
+impl From<crate::api_keys::CreateKeyError> for CliError {
+    fn from(e: crate::api_keys::CreateKeyError) -> Self {
+        match e {
+            crate::api_keys::CreateKeyError::Invalid(invalid) => invalid.into(),
+            crate::api_keys::CreateKeyError::Database(e) => e.into(),
         }
     }
 }
@@ -153,21 +202,25 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Some(command) => {
             let config = Config::from_settings(&cli.settings)?;
             crate::logging::init(&config.log_filter, config.log_json)?;
-            let state = app::prepare(config).await?;
-            admin(&state, command).await
+            let services = app::prepare(config).await?;
+            admin(&services, command).await
         }
     }
 }
 
-async fn admin(state: &AppState, command: Command) -> Result<(), CliError> {
+fn json_line(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+async fn admin(services: &Services, command: Command) -> Result<(), CliError> {
     match command {
         Command::Tenant(TenantCommand::Create { slug, name }) => {
-            let tenant = create_tenant(state, &slug, name.as_deref()).await?;
-            println!("{}", serde_json::to_string(&tenant).unwrap_or_default());
+            let tenant = services.tenants.create(&slug, name.as_deref()).await?;
+            println!("{}", json_line(&tenant));
         }
         Command::Tenant(TenantCommand::List) => {
-            for tenant in tenants::list_tenants(&state.db).await? {
-                println!("{}", serde_json::to_string(&tenant).unwrap_or_default());
+            for tenant in services.tenants.list().await? {
+                println!("{}", json_line(&tenant));
             }
         }
         Command::LoginLink {
@@ -176,43 +229,51 @@ async fn admin(state: &AppState, command: Command) -> Result<(), CliError> {
             email,
             return_to,
         } => {
-            let tenant = tenants::find_tenant_by_slug(&state.db, &tenant)
+            let tenant = services
+                .tenants
+                .find_by_slug(&tenant)
                 .await?
                 .ok_or_else(|| CliError::Usage(format!("--tenant: no tenant `{tenant}`")))?;
-            let return_to = match return_to {
-                Some(raw) => Some(consent::validate_return_to(&state.config, &raw).ok_or_else(|| {
-                    CliError::Usage("--return-to: must be a path on this broker, such as /settings/connections".into())
-                })?),
-                None => None,
-            };
-            let (url, _) = pages::create_login_link(
-                state,
-                LoginKind::Tenant,
-                Some(tenant.id),
-                &user,
-                email.as_deref(),
-                return_to.as_deref(),
-            )
-            .await?;
-            println!("{url}");
+            let link = services
+                .login_links
+                .create(LinkRequest {
+                    kind: LoginKind::Tenant,
+                    tenant_id: Some(tenant.id),
+                    user_id: &user,
+                    email: email.as_deref(),
+                    return_to: return_to.as_deref(),
+                })
+                .await?;
+            println!("{}", link.url);
         }
         Command::OpsLink { user } => {
-            let (url, _) =
-                pages::create_login_link(state, LoginKind::Ops, None, &user, None, None).await?;
-            println!("{url}");
+            let link = services
+                .login_links
+                .create(LinkRequest {
+                    kind: LoginKind::Ops,
+                    tenant_id: None,
+                    user_id: &user,
+                    email: None,
+                    return_to: None,
+                })
+                .await?;
+            println!("{}", link.url);
         }
         Command::ApiKey(ApiKeyCommand::Create {
             name,
             tenant,
             scopes,
         }) => {
-            let tenant_id = tenant_id_of(state, tenant.as_deref()).await?;
-            let key = create_api_key(state, &name, tenant_id, &scopes, "cli").await?;
+            let tenant_id = tenant_id_of(services, tenant.as_deref()).await?;
+            let key = services
+                .api_keys
+                .create(&name, tenant_id, &scopes, "cli")
+                .await?;
             println!("{}", key.expose_secret());
         }
         Command::ApiKey(ApiKeyCommand::List { tenant }) => {
-            let tenant_id = tenant_id_of(state, tenant.as_deref()).await?;
-            for key in db::api_keys::list_api_keys(&state.db, tenant_id).await? {
+            let tenant_id = tenant_id_of(services, tenant.as_deref()).await?;
+            for key in services.api_keys.list(tenant_id).await? {
                 let json = serde_json::json!({
                     "id": key.id,
                     "public_id": key.public_id,
@@ -227,32 +288,35 @@ async fn admin(state: &AppState, command: Command) -> Result<(), CliError> {
             }
         }
         Command::ApiKey(ApiKeyCommand::Revoke { id }) => {
-            revoke_api_key(state, &id, "cli").await?;
+            if !services.api_keys.revoke(&id, "cli").await? {
+                return Err(CliError::Usage(format!("ID: no active API key `{id}`")));
+            }
         }
         Command::Keys(KeysCommand::Rotate) => {
-            let summary = crate::rotation::rotate(&state.db, &state.keys)
+            let summary = crate::rotation::rotate(&services.db, &services.keys)
                 .await
                 .map_err(|e| CliError::Failed(e.to_string()))?;
             db::audit::record(
-                &state.db,
-                state.now(),
+                &services.db,
+                services.clock.now(),
                 "cli",
                 "keys.rotated",
                 db::audit::AuditTarget::default(),
                 serde_json::to_value(&summary).unwrap_or_default(),
             )
             .await?;
-            println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+            println!("{}", json_line(&summary));
         }
         Command::Keys(KeysCommand::Status) => {
-            let counts = crate::rotation::sealed_counts(&state.db).await?;
-            let mut ids: Vec<String> = state.keys.key_ids().map(str::to_owned).collect();
-            ids.extend(counts.keys().filter(|id| !state.keys.has_key(id)).cloned());
+            let counts = crate::rotation::sealed_counts(&services.db).await?;
+            let keys = &services.keys;
+            let mut ids: Vec<String> = keys.key_ids().map(str::to_owned).collect();
+            ids.extend(counts.keys().filter(|id| !keys.has_key(id)).cloned());
             for id in ids {
                 let json = serde_json::json!({
                     "key_id": id,
-                    "active": id == state.keys.active_key_id(),
-                    "configured": state.keys.has_key(&id),
+                    "active": id == keys.active_key_id(),
+                    "configured": keys.has_key(&id),
                     "sealed_values": counts.get(&id).copied().unwrap_or(0),
                 });
                 println!("{json}");
@@ -265,13 +329,15 @@ async fn admin(state: &AppState, command: Command) -> Result<(), CliError> {
 
 /// The id of the tenant `--tenant SLUG` names, if given.
 async fn tenant_id_of(
-    state: &AppState,
+    services: &Services,
     slug: Option<&str>,
 ) -> Result<Option<uuid::Uuid>, CliError> {
     let Some(slug) = slug else {
         return Ok(None);
     };
-    let tenant = tenants::find_tenant_by_slug(&state.db, slug)
+    let tenant = services
+        .tenants
+        .find_by_slug(slug)
         .await?
         .ok_or_else(|| CliError::Usage(format!("--tenant: no tenant `{slug}`")))?;
     Ok(Some(tenant.id))
@@ -284,123 +350,13 @@ fn rfc3339(at: Option<time::OffsetDateTime>) -> Option<String> {
     })
 }
 
-/// Creates an API key and records it in the audit log; returns the key (shown once).
-pub async fn create_api_key(
-    state: &AppState,
-    name: &str,
-    tenant_id: Option<uuid::Uuid>,
-    scopes: &[String],
-    actor: &str,
-) -> Result<secrecy::SecretString, CliError> {
-    use crate::api_keys::{NewKey, Scope};
-    let name = name.trim();
-    if name.is_empty() || name.len() > 200 {
-        return Err(CliError::Usage("--name: 1 to 200 characters".into()));
-    }
-    let mut parsed: Vec<Scope> = Vec::new();
-    for raw in scopes {
-        let scope = Scope::parse(raw).ok_or_else(|| {
-            CliError::Usage(format!(
-                "--scope: `{raw}` is not one of connections:read, tokens:issue, connections:manage, tenants:admin"
-            ))
-        })?;
-        if !parsed.contains(&scope) {
-            parsed.push(scope);
-        }
-    }
-    if parsed.is_empty() {
-        parsed.extend(Scope::DEFAULT);
-    }
-    if tenant_id.is_some() && parsed.contains(&Scope::TenantsAdmin) {
-        return Err(CliError::Usage(
-            "--scope: tenants:admin exists only on platform keys (no --tenant)".into(),
-        ));
-    }
-    let scope_names: Vec<String> = parsed.iter().map(|s| s.as_str().to_owned()).collect();
-    let key = NewKey::generate();
-    let now = state.now();
-    let mut tx = state.db.begin().await?;
-    db::api_keys::insert_api_key(
-        &mut *tx,
-        db::api_keys::NewApiKey {
-            id: key.id,
-            public_id: &key.public_id,
-            secret_hash: &key.secret_hash(),
-            name,
-            tenant_id,
-            scopes: &scope_names,
-            now,
-        },
-    )
-    .await?;
-    db::audit::record(
-        &mut *tx,
-        now,
-        actor,
-        "api_key.created",
-        db::audit::AuditTarget { tenant_id, connection_id: None },
-        serde_json::json!({"api_key_id": key.id, "public_id": key.public_id, "name": name, "scopes": scope_names}),
-    )
-    .await?;
-    tx.commit().await?;
-    tracing::info!(public_id = %key.public_id, "API key created");
-    Ok(key.token())
-}
-
-/// Revokes an API key everywhere at once (NOTIFY) and audits it.
-pub async fn revoke_api_key(state: &AppState, id: &str, actor: &str) -> Result<(), CliError> {
-    let now = state.now();
-    let mut tx = state.db.begin().await?;
-    let Some((key_id, public_id, tenant_id)) =
-        db::api_keys::revoke_api_key(&mut *tx, id, now).await?
-    else {
-        return Err(CliError::Usage(format!("ID: no active API key `{id}`")));
-    };
-    db::audit::record(
-        &mut *tx,
-        now,
-        actor,
-        "api_key.revoked",
-        db::audit::AuditTarget {
-            tenant_id,
-            connection_id: None,
-        },
-        serde_json::json!({"api_key_id": key_id, "public_id": public_id}),
-    )
-    .await?;
-    crate::notify::send(&mut *tx, &crate::notify::Change::ApiKey(public_id.clone())).await?;
-    tx.commit().await?;
-    state.api_keys.forget(&public_id);
-    tracing::info!(public_id = %public_id, "API key revoked");
-    Ok(())
-}
-
-pub async fn create_tenant(
-    state: &AppState,
-    slug: &str,
-    name: Option<&str>,
-) -> Result<tenants::Tenant, CliError> {
-    if !tenants::is_valid_slug(slug) {
-        return Err(CliError::Usage(format!(
-            "SLUG: `{slug}` must match ^[a-z0-9][a-z0-9-]{{1,62}}$"
-        )));
-    }
-    match tenants::insert_tenant(&state.db, slug, name.unwrap_or(slug), state.now()).await {
-        Ok(tenant) => Ok(tenant),
-        Err(e) if db::is_unique_violation(&e) => Err(CliError::Usage(format!(
-            "SLUG: tenant `{slug}` already exists"
-        ))),
-        Err(e) => Err(e.into()),
-    }
-}
-
 async fn serve(settings: Settings) -> Result<(), CliError> {
     let config = Config::from_settings(&settings)?;
     crate::logging::init(&config.log_filter, config.log_json)?;
     let listen = config.listen;
-    let state = app::prepare(config).await?;
-    if state.config.is_sandbox() {
-        first_run_in_sandbox(&state).await?;
+    let services = app::prepare(config).await?;
+    if services.config.is_sandbox() {
+        first_run_in_sandbox(&services).await?;
     }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -408,36 +364,38 @@ async fn serve(settings: Settings) -> Result<(), CliError> {
             addr: listen,
             source,
         })?;
-    tracing::info!(addr = %listen, public_url = %state.config.public_url, mode = ?state.config.mode, "sp-broker serving");
-    app::serve(listener, state, shutdown_signal()).await?;
+    let config = Arc::clone(&services.config);
+    tracing::info!(addr = %listen, public_url = %config.public_url, mode = %config.mode, "sp-broker serving");
+    app::serve(listener, services, shutdown_signal()).await?;
     tracing::info!("sp-broker stopped");
     Ok(())
 }
 
 /// Sandbox mode on a fresh database: a `demo` tenant and a login link for it,
 /// so a newcomer can click through the whole flow at once.
-async fn first_run_in_sandbox(state: &AppState) -> Result<(), CliError> {
-    let tenant = match tenants::find_tenant_by_slug(&state.db, "demo").await? {
+async fn first_run_in_sandbox(services: &Services) -> Result<(), CliError> {
+    let tenant = match services.tenants.find_by_slug("demo").await? {
         Some(t) => t,
-        None if tenants::list_tenants(&state.db).await?.is_empty() => {
-            create_tenant(state, "demo", Some("Demo tenant")).await?
+        None if services.tenants.list().await?.is_empty() => {
+            services.tenants.create("demo", Some("Demo tenant")).await?
         }
         None => return Ok(()),
     };
-    let (url, _) = pages::create_login_link(
-        state,
-        LoginKind::Tenant,
-        Some(tenant.id),
-        "demo-user",
-        None,
-        None,
-    )
-    .await?;
+    let link = services
+        .login_links
+        .create(LinkRequest {
+            kind: LoginKind::Tenant,
+            tenant_id: Some(tenant.id),
+            user_id: "demo-user",
+            email: None,
+            return_to: None,
+        })
+        .await?;
     eprintln!(
         "\n  sp-broker is running against the SANDBOX Amazon (no real seller data).\n  \
-         Open this one-time link (valid 10 minutes) to see Settings → Connections for tenant `{}`:\n\n    {url}\n\n  \
+         Open this one-time link (valid 10 minutes) to see Settings → Connections for tenant `{}`:\n\n    {}\n\n  \
          New link: sp-broker login-link --tenant {}\n",
-        tenant.slug, tenant.slug
+        tenant.slug, link.url, tenant.slug
     );
     Ok(())
 }

@@ -80,10 +80,13 @@ fn bad(variable: &'static str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AmazonMode {
-    Sandbox,
-    Live,
+crate::domain::text_enum! {
+    /// Which Amazon sp-broker talks to (`SP_BROKER_AMAZON`).
+    pub enum AmazonMode ("mode (sandbox or live)") {
+        /// The built-in simulated Amazon under `/sandbox`.
+        Sandbox => "sandbox",
+        Live => "live",
+    }
 }
 
 /// Where the encryption keys come from.

@@ -85,8 +85,10 @@ pub enum KeyConfigError {
     Empty,
     #[error("key {index} is not of the form KEYID:BASE64")]
     NotKeyIdColonBase64 { index: usize },
-    #[error("key id `{0}` must be 1 to 64 characters of a-z, A-Z, 0-9, '-', '_' or '.'")]
-    BadKeyId(String),
+    /// The text before the colon is not shown: a spec written the wrong way
+    /// round would put key bytes there.
+    #[error("key {index}: its id must be 1 to 64 characters of a-z, A-Z, 0-9, '-', '_' or '.'")]
+    BadKeyId { index: usize },
     #[error("key `{0}` is not standard base64 of exactly 32 bytes")]
     BadKeyBytes(String),
     #[error("key id `{0}` appears twice")]
@@ -134,7 +136,7 @@ impl KeyRing {
                 .split_once(':')
                 .ok_or(KeyConfigError::NotKeyIdColonBase64 { index: index + 1 })?;
             if !is_valid_key_id(id) {
-                return Err(KeyConfigError::BadKeyId(id.to_owned()));
+                return Err(KeyConfigError::BadKeyId { index: index + 1 });
             }
             let bytes = BASE64
                 .decode(b64)
@@ -415,8 +417,15 @@ mod tests {
         );
         assert_eq!(
             parse("bad id:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=").err(),
-            Some(KeyConfigError::BadKeyId("bad id".into()))
+            Some(KeyConfigError::BadKeyId { index: 1 })
         );
+        // A spec written the wrong way round never shows its key bytes.
+        let reversed = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=:k1";
+        let message = parse(reversed)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(!message.contains("AAAAAAAA"), "{message}");
         let generated = KeyRing::generate_key_spec();
         let ring = KeyRing::parse(&generated).unwrap();
         assert!(ring.active_key_id().starts_with('k'));

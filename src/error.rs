@@ -18,4 +18,7 @@ pub enum Error {
     Poisoned,
     #[error("JSON encoding: {0}")]
     Json(#[from] serde_json::Error),
+    /// A detached refresh failed; its cause is logged under this incident.
+    #[error("the refresh failed (incident {incident})")]
+    Refresh { incident: uuid::Uuid },
 }

@@ -1,9 +1,13 @@
-//! Background work of each instance: flushing token-issue counts to the audit
-//! tables, draining metrics histograms, and deleting expired one-time values and sessions. Each job has a
-//! `run_once` for tests; [`run`] loops until stopped and flushes on the way out.
+//! Background work of each instance: flushing token-issue counts, draining
+//! metrics histograms, and deleting what has run out (one-time values,
+//! sessions, refresh history older than 30 days). Each job has a `*_once`
+//! for tests; [`Jobs::run`] loops until stopped and flushes on the way out.
 
-use crate::app::AppState;
-use crate::db::{login_tokens, oauth_states, sessions::PgSessionStore, usage};
+use crate::broker::TokenBroker;
+use crate::clock::Clock;
+use crate::db::{connections, login_tokens, oauth_states, sessions::PgSessionStore, usage};
+use sqlx::PgPool;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -16,70 +20,93 @@ const FLUSH_EVERY: Duration = Duration::from_secs(30);
 /// Histogram samples wait in memory until drained into their buckets.
 const METRICS_UPKEEP_EVERY: Duration = Duration::from_secs(5);
 const CLEAN_EVERY: Duration = Duration::from_secs(300);
+/// Refresh history (the ops dashboard's charts and the fuse's window) is kept this long.
+pub const REFRESH_HISTORY: time::Duration = time::Duration::days(30);
 
-/// Writes the token-issue counts gathered in memory since the last flush.
-pub async fn flush_usage_once(state: &AppState) -> Result<(), sqlx::Error> {
-    let counts = state.broker.take_usage();
-    if counts.is_empty() {
-        return Ok(());
-    }
-    let now = state.now();
-    // One statement per few thousand pairs, not one per pair: with thousands
-    // of busy connections a per-pair flush costs PostgreSQL more than the
-    // token requests it counts.
-    let mut pairs: Vec<_> = counts.into_iter().collect();
-    pairs.sort_unstable_by_key(|(pair, _)| *pair);
-    for chunk in pairs.chunks(5000) {
-        let key_ids: Vec<Uuid> = chunk.iter().map(|((key, _), _)| *key).collect();
-        let connection_ids: Vec<Uuid> = chunk
-            .iter()
-            .map(|((_, connection), _)| *connection)
-            .collect();
-        let issued: Vec<i64> = chunk.iter().map(|(_, n)| *n as i64).collect();
-        usage::add_token_issues(&state.db, &key_ids, &connection_ids, &issued, now).await?;
-    }
-    Ok(())
+pub struct Jobs {
+    db: PgPool,
+    clock: Arc<dyn Clock>,
+    broker: Arc<TokenBroker>,
 }
 
-/// Deletes expired login tokens, OAuth states and sessions.
-pub async fn clean_up_once(state: &AppState) -> Result<(), sqlx::Error> {
-    let now = state.now();
-    login_tokens::delete_expired(&state.db, now).await?;
-    oauth_states::delete_expired(&state.db, now).await?;
-    PgSessionStore::new(state.db.clone())
-        .delete_expired(now)
-        .await?;
-    Ok(())
-}
+impl Jobs {
+    pub fn new(db: PgPool, clock: Arc<dyn Clock>, broker: Arc<TokenBroker>) -> Self {
+        Jobs { db, clock, broker }
+    }
 
-pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
-    let mut flush = tokio::time::interval(FLUSH_EVERY);
-    let mut upkeep = tokio::time::interval(METRICS_UPKEEP_EVERY);
-    let mut clean = tokio::time::interval(CLEAN_EVERY);
-    loop {
-        tokio::select! {
-            _ = stop.changed() => break,
-            _ = flush.tick() => {
-                if let Err(e) = flush_usage_once(&state).await {
-                    tracing::warn!(error = %e, "could not flush token-issue counts");
-                }
+    /// Writes the token-issue counts gathered in memory since the last flush;
+    /// counts it could not write are kept for the next.
+    pub async fn flush_usage_once(&self) -> Result<(), sqlx::Error> {
+        let counts = self.broker.take_usage();
+        if counts.is_empty() {
+            return Ok(());
+        }
+        let now = self.clock.now();
+        // One statement per few thousand pairs, not one per pair: with
+        // thousands of busy connections a per-pair flush costs PostgreSQL more
+        // than the token requests it counts.
+        let mut pairs: Vec<_> = counts.into_iter().collect();
+        pairs.sort_unstable_by_key(|(pair, _)| *pair);
+        let mut chunks = pairs.chunks(5000);
+        while let Some(chunk) = chunks.next() {
+            let key_ids: Vec<Uuid> = chunk.iter().map(|((key, _), _)| *key).collect();
+            let connection_ids: Vec<Uuid> = chunk
+                .iter()
+                .map(|((_, connection), _)| *connection)
+                .collect();
+            let issued: Vec<i64> = chunk.iter().map(|(_, n)| *n as i64).collect();
+            if let Err(e) =
+                usage::add_token_issues(&self.db, &key_ids, &connection_ids, &issued, now).await
+            {
+                let unwritten = chunk.iter().chain(chunks.flatten()).copied().collect();
+                self.broker.restore_usage(unwritten);
+                return Err(e);
             }
-            _ = upkeep.tick() => {
-                // Without this, histogram samples grow until the next scrape.
-                if let Some(handle) = crate::metrics::install() {
-                    handle.run_upkeep();
+        }
+        Ok(())
+    }
+
+    /// Deletes expired login tokens, OAuth states, sessions and old refresh history.
+    pub async fn clean_up_once(&self) -> Result<(), sqlx::Error> {
+        let now = self.clock.now();
+        login_tokens::delete_expired(&self.db, now).await?;
+        oauth_states::delete_expired(&self.db, now).await?;
+        PgSessionStore::new(self.db.clone())
+            .delete_expired(now)
+            .await?;
+        connections::delete_refresh_events_before(&self.db, now - REFRESH_HISTORY).await?;
+        Ok(())
+    }
+
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut flush = tokio::time::interval(FLUSH_EVERY);
+        let mut upkeep = tokio::time::interval(METRICS_UPKEEP_EVERY);
+        let mut clean = tokio::time::interval(CLEAN_EVERY);
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break,
+                _ = flush.tick() => {
+                    if let Err(e) = self.flush_usage_once().await {
+                        tracing::warn!(error = %e, "could not flush token-issue counts");
+                    }
                 }
-                // Dropped cache entries (and their tokens) go within seconds.
-                state.broker.release_retired();
-            }
-            _ = clean.tick() => {
-                if let Err(e) = clean_up_once(&state).await {
-                    tracing::warn!(error = %e, "clean-up failed");
+                _ = upkeep.tick() => {
+                    // Without this, histogram samples grow until the next scrape.
+                    if let Some(handle) = crate::metrics::install() {
+                        handle.run_upkeep();
+                    }
+                    // Dropped cache entries (and their tokens) go within seconds.
+                    self.broker.release_retired();
+                }
+                _ = clean.tick() => {
+                    if let Err(e) = self.clean_up_once().await {
+                        tracing::warn!(error = %e, "clean-up failed");
+                    }
                 }
             }
         }
-    }
-    if let Err(e) = flush_usage_once(&state).await {
-        tracing::warn!(error = %e, "could not flush token-issue counts at shutdown");
+        if let Err(e) = self.flush_usage_once().await {
+            tracing::warn!(error = %e, "could not flush token-issue counts at shutdown");
+        }
     }
 }

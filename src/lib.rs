@@ -1,7 +1,9 @@
 //! sp-broker: an Amazon Selling Partner API connection broker.
 //!
-//! Start at `migrations/`, then [`app`] (state, router, serve), then
-//! [`authorization`] (the consent flow) and [`crypto`] (how secrets are sealed).
+//! Start at `migrations/`, then [`app`] (the composition root: every service
+//! built once with its handles), then [`broker`] (the token cache and the
+//! refresh engine), [`authorization`] (the consent flow) and [`crypto`] (how
+//! secrets are sealed). [`http`] is the outside: pages, the `/v1` API, OAuth.
 
 pub mod amazon;
 pub mod api_keys;
@@ -14,12 +16,16 @@ pub mod config;
 pub mod connections;
 pub mod crypto;
 pub mod db;
+pub mod domain;
 pub mod error;
 pub mod http;
 pub mod jobs;
 pub mod logging;
+pub mod login_links;
 pub mod metrics;
 pub mod notify;
+pub mod ops_summary;
 pub mod rotation;
 pub mod sandbox;
 pub mod secrets;
+pub mod tenants;

@@ -1,14 +1,11 @@
 //! Prometheus metrics (`GET /metrics`), names prefixed `sp_broker_`.
 //!
 //! Counters and histograms go through the `metrics` facade, which is global by
-//! design; the recorder is installed once per process. Connection counts by
-//! status and health are read from PostgreSQL at scrape time, so every
-//! instance reports the same, whole-fleet figures for them.
+//! design; the recorder is installed once per process. The handler that
+//! renders them (with gauges read from PostgreSQL at scrape time) is in
+//! `http/metrics.rs`.
 
-use crate::app::AppState;
-use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
+use crate::broker::TokenSource;
 use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::cell::RefCell;
@@ -39,24 +36,40 @@ pub fn install() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
-/// Where a handed-out access token came from.
-#[derive(Debug, Clone, Copy)]
-pub enum TokenSource {
-    Cache,
-    Refreshed,
-    /// The cached token after a refresh failed for a passing reason.
-    Fallback,
-}
-
 /// A token handed out. The counters are looked up once, not per token: this
 /// runs on every cache hit.
 pub fn token_issued(source: TokenSource) {
-    static ISSUED: LazyLock<[Counter; 3]> = LazyLock::new(|| {
-        ["cache", "refreshed", "fallback"].map(
+    static ISSUED: LazyLock<[Counter; 4]> = LazyLock::new(|| {
+        ["cache", "refreshed", "joined", "fallback"].map(
             |source| metrics::counter!("sp_broker_access_tokens_issued_total", "source" => source),
         )
     });
-    ISSUED[source as usize].increment(1);
+    let index = match source {
+        TokenSource::Cache => 0,
+        TokenSource::Refreshed => 1,
+        TokenSource::Joined => 2,
+        TokenSource::Fallback => 3,
+    };
+    ISSUED[index].increment(1);
+}
+
+/// A token request refused, by the contract's error code.
+pub fn token_refused(code: &'static str) {
+    metrics::counter!("sp_broker_access_token_errors_total", "code" => code).increment(1);
+}
+
+/// Whether the change listener is listening.
+pub fn listener_connected(connected: bool) {
+    metrics::gauge!("sp_broker_change_listener_connected").set(if connected { 1.0 } else { 0.0 });
+}
+
+pub fn listener_reconnect() {
+    metrics::counter!("sp_broker_change_listener_reconnects_total").increment(1);
+}
+
+/// Seconds since the listener last heard its own heartbeat.
+pub fn listener_heartbeat_age(seconds: f64) {
+    metrics::gauge!("sp_broker_change_listener_heartbeat_age_seconds").set(seconds);
 }
 
 /// One call to LWA's token endpoint (retries count separately).
@@ -112,46 +125,4 @@ pub fn http_request(route: &str, status: u16, seconds: f64) {
             .increment(1);
         metrics.duration.record(seconds);
     });
-}
-
-/// `GET /metrics`
-pub async fn metrics_handler(State(state): State<AppState>) -> Response {
-    let Some(handle) = install() else {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "metrics recorder unavailable",
-        )
-            .into_response();
-    };
-    match crate::http::api::ops::build_summary(&state).await {
-        Ok(summary) => {
-            for (status, count) in &summary.connections_by_status {
-                metrics::gauge!("sp_broker_connections", "status" => status.clone())
-                    .set(*count as f64);
-            }
-            for (health, count) in &summary.connections_by_health {
-                metrics::gauge!("sp_broker_connections_by_health", "health" => health.clone())
-                    .set(*count as f64);
-            }
-            let rejected = if summary.app_credentials.state == "rejected" {
-                1.0
-            } else {
-                0.0
-            };
-            metrics::gauge!("sp_broker_app_credentials_rejected").set(rejected);
-            metrics::gauge!("sp_broker_database_up").set(1.0);
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "metrics: database unavailable");
-            metrics::gauge!("sp_broker_database_up").set(0.0);
-        }
-    }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        handle.render(),
-    )
-        .into_response()
 }

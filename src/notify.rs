@@ -1,112 +1,132 @@
-//! Cross-instance cache invalidation over PostgreSQL LISTEN/NOTIFY: when a
-//! connection changes (new token, new status, disconnect) or an API key is
-//! revoked, every instance drops its in-memory copy at once. If the listening
-//! connection drops, caches are cleared on reconnect (and entries are re-read
-//! after a short time anyway), so a missed notification cannot keep a revoked
-//! key or a disconnected connection alive.
+//! The cross-instance listener: hears the change notifications of
+//! `db/notify.rs` and drops the cached copies they name (connections, API
+//! keys) or reloads the app-wide state.
+//!
+//! A listener that stopped hearing is worse than none: it keeps stale
+//! entries alive. So it sends itself a heartbeat through the channel every
+//! [`HEARTBEAT_EVERY`]; when one does not come back within
+//! [`SILENT_AFTER`], or the connection drops, it listens again on a new
+//! connection and clears every cache only *after* it listens (nothing can
+//! change unheard in between). Metrics show whether it hears.
 
-use crate::app::AppState;
+use crate::api_keys::ApiKeys;
+use crate::broker::TokenBroker;
+use crate::db::notify::{self, Change, CHANNEL};
 use sqlx::postgres::PgListener;
-use sqlx::PgExecutor;
-use std::time::Duration;
+use sqlx::PgPool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
 use uuid::Uuid;
 
-pub const CHANNEL: &str = "sp_broker_changes";
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
+pub const SILENT_AFTER: Duration = Duration::from_secs(30);
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
-    Connection(Uuid),
-    ApiKey(String),
+pub struct ChangeListener {
+    db: PgPool,
+    broker: Arc<TokenBroker>,
+    api_keys: Arc<ApiKeys>,
+    id: Uuid,
 }
 
-impl Change {
-    fn payload(&self) -> String {
-        match self {
-            Change::Connection(id) => format!("connection:{id}"),
-            Change::ApiKey(public_id) => format!("api_key:{public_id}"),
+impl ChangeListener {
+    pub fn new(db: PgPool, broker: Arc<TokenBroker>, api_keys: Arc<ApiKeys>) -> Self {
+        ChangeListener {
+            db,
+            broker,
+            api_keys,
+            id: Uuid::new_v4(),
         }
     }
 
-    fn parse(payload: &str) -> Option<Change> {
-        let (kind, value) = payload.split_once(':')?;
-        match kind {
-            "connection" => Uuid::parse_str(value).ok().map(Change::Connection),
-            "api_key" => Some(Change::ApiKey(value.to_owned())),
-            _ => None,
+    /// Listens until `stop` fires, listening again after every failure.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            match self.listen().await {
+                Ok(listener) => {
+                    crate::metrics::listener_connected(true);
+                    self.hear(listener, &mut stop).await;
+                    crate::metrics::listener_connected(false);
+                    crate::metrics::listener_reconnect();
+                }
+                Err(e) => tracing::warn!(error = %e, "change listener cannot listen"),
+            }
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
         }
     }
-}
 
-pub async fn send(db: impl PgExecutor<'_>, change: &Change) -> Result<(), sqlx::Error> {
-    sqlx::query("select pg_notify($1, $2)")
-        .bind(CHANNEL)
-        .bind(change.payload())
-        .execute(db)
-        .await?;
-    Ok(())
-}
-
-fn apply(state: &AppState, change: Change) {
-    match change {
-        Change::Connection(id) => state.broker.forget(id),
-        Change::ApiKey(public_id) => state.api_keys.forget(&public_id),
-    }
-}
-
-/// Listens until `stop` fires, reconnecting after failures.
-pub async fn listen(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
-    loop {
-        if *stop.borrow() {
-            return;
+    /// A new listening connection; then every cache is cleared, since
+    /// anything may have changed while nobody listened.
+    async fn listen(&self) -> Result<PgListener, sqlx::Error> {
+        let mut listener = PgListener::connect_with(&self.db).await?;
+        listener.listen(CHANNEL).await?;
+        self.broker.clear();
+        self.api_keys.clear();
+        if let Err(e) = self.broker.app_state_changed().await {
+            tracing::warn!(error = %e, "could not read the app-wide state");
         }
-        match PgListener::connect_with(&state.db).await {
-            Ok(mut listener) => {
-                if listener.listen(CHANNEL).await.is_ok() {
-                    // Anything may have changed while we were not listening.
-                    state.broker.clear();
-                    state.api_keys.clear();
-                    loop {
-                        tokio::select! {
-                            _ = stop.changed() => return,
-                            received = listener.try_recv() => match received {
-                                Ok(Some(n)) => {
-                                    if let Some(change) = Change::parse(n.payload()) {
-                                        apply(&state, change);
-                                    }
-                                }
-                                // The connection dropped: sqlx reconnects on the next call.
-                                Ok(None) => {
-                                    state.broker.clear();
-                                    state.api_keys.clear();
-                                }
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "change listener failed");
-                                    break;
-                                }
+        Ok(listener)
+    }
+
+    async fn hear(&self, mut listener: PgListener, stop: &mut watch::Receiver<bool>) {
+        let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
+        let mut last_heard = Instant::now();
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = heartbeat.tick() => {
+                    let silent = last_heard.elapsed();
+                    crate::metrics::listener_heartbeat_age(silent.as_secs_f64());
+                    if silent > SILENT_AFTER {
+                        tracing::warn!(silent_s = silent.as_secs(), "change listener hears nothing: listening again");
+                        return;
+                    }
+                    if let Err(e) = notify::send(&self.db, &Change::Heartbeat(self.id)).await {
+                        tracing::warn!(error = %e, "could not send the change listener's heartbeat");
+                    }
+                }
+                received = listener.try_recv() => match received {
+                    Ok(Some(notification)) => {
+                        if let Some(change) = Change::parse(notification.payload()) {
+                            if change == Change::Heartbeat(self.id) {
+                                last_heard = Instant::now();
+                                crate::metrics::listener_heartbeat_age(0.0);
+                            } else {
+                                self.apply(change).await;
                             }
                         }
                     }
+                    // The connection dropped: listen again on a new one, then clear.
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "change listener failed");
+                        return;
+                    }
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "change listener cannot connect"),
-        }
-        tokio::select! {
-            _ = stop.changed() => return,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn payloads_round_trip() {
-        let id = Uuid::new_v4();
-        for change in [Change::Connection(id), Change::ApiKey("abc".into())] {
-            assert_eq!(Change::parse(&change.payload()), Some(change));
+    async fn apply(&self, change: Change) {
+        match change {
+            Change::Connection { id, sender } => {
+                if sender != self.broker.instance_id() {
+                    self.broker.changed_elsewhere(id);
+                }
+            }
+            Change::ApiKey(public_id) => self.api_keys.forget(&public_id),
+            Change::App => {
+                if let Err(e) = self.broker.app_state_changed().await {
+                    tracing::warn!(error = %e, "could not read the app-wide state");
+                }
+            }
+            Change::Heartbeat(_) => {}
         }
-        assert_eq!(Change::parse("nonsense"), None);
     }
 }

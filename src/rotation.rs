@@ -8,14 +8,28 @@
 //! `SP_BROKER_ENCRYPTION_KEYS` (otherwise an instance still sealing with the
 //! old key keeps writing values under it; a rerun picks those up).
 
-use crate::crypto::{KeyRing, Purpose, SealContext};
-use crate::error::Error;
+use crate::crypto::{CryptoError, KeyRing, Purpose, SealContext};
 use serde::Serialize;
 use sqlx::PgPool;
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
 const BATCH: i64 = 200;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RotationError {
+    /// A stored value that is no envelope this build can read, or that the
+    /// configured keys cannot open: rotation stops at it rather than skip it
+    /// (or select it again for ever).
+    #[error("connection {connection}: its {column} cannot be re-sealed: {reason}")]
+    Unreadable {
+        connection: Uuid,
+        column: &'static str,
+        reason: CryptoError,
+    },
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
 
 #[derive(Debug, Serialize)]
 pub struct RotationSummary {
@@ -34,35 +48,42 @@ struct SealedRow {
     access_token_sealed: Option<Vec<u8>>,
 }
 
-fn needs_reseal(keys: &KeyRing, sealed: &Option<Vec<u8>>) -> bool {
-    sealed.as_deref().is_some_and(|v| {
-        KeyRing::key_id_of(v)
-            .map(|id| id != keys.active_key_id())
-            .unwrap_or(false)
-    })
-}
-
-fn reseal(
+/// The value re-sealed under the active key, or `None` when it needs nothing
+/// (absent, or sealed under the active key already).
+fn resealed(
     keys: &KeyRing,
     purpose: Purpose,
-    tenant: &str,
-    row: &str,
+    row: &SealedRow,
     sealed: &Option<Vec<u8>>,
-) -> Result<Option<Vec<u8>>, Error> {
+) -> Result<Option<Vec<u8>>, RotationError> {
     let Some(value) = sealed.as_deref() else {
         return Ok(None);
     };
+    let column = match purpose {
+        Purpose::RefreshToken => "refresh token",
+        _ => "access token",
+    };
+    let unreadable = |reason| RotationError::Unreadable {
+        connection: row.id,
+        column,
+        reason,
+    };
+    if KeyRing::key_id_of(value).map_err(unreadable)? == keys.active_key_id() {
+        return Ok(None);
+    }
+    let tenant = row.tenant_id.to_string();
+    let id = row.id.to_string();
     let context = SealContext {
         purpose,
-        tenant,
-        row,
+        tenant: &tenant,
+        row: &id,
     };
-    let plaintext = keys.open(context, value)?;
+    let plaintext = keys.open(context, value).map_err(unreadable)?;
     Ok(Some(keys.seal(context, &plaintext)))
 }
 
 /// Re-seals all stored secrets under the active key.
-pub async fn rotate(db: &PgPool, keys: &KeyRing) -> Result<RotationSummary, Error> {
+pub async fn rotate(db: &PgPool, keys: &KeyRing) -> Result<RotationSummary, RotationError> {
     let active = keys.active_key_id().to_owned();
     let prefix = active_prefix(&active);
     let mut rows_rewritten = 0;
@@ -84,32 +105,8 @@ pub async fn rotate(db: &PgPool, keys: &KeyRing) -> Result<RotationSummary, Erro
             break;
         }
         for row in &batch {
-            let tenant = row.tenant_id.to_string();
-            let id = row.id.to_string();
-            let refresh = needs_reseal(keys, &row.refresh_token_sealed)
-                .then(|| {
-                    reseal(
-                        keys,
-                        Purpose::RefreshToken,
-                        &tenant,
-                        &id,
-                        &row.refresh_token_sealed,
-                    )
-                })
-                .transpose()?
-                .flatten();
-            let access = needs_reseal(keys, &row.access_token_sealed)
-                .then(|| {
-                    reseal(
-                        keys,
-                        Purpose::AccessToken,
-                        &tenant,
-                        &id,
-                        &row.access_token_sealed,
-                    )
-                })
-                .transpose()?
-                .flatten();
+            let refresh = resealed(keys, Purpose::RefreshToken, row, &row.refresh_token_sealed)?;
+            let access = resealed(keys, Purpose::AccessToken, row, &row.access_token_sealed)?;
             values_resealed += u64::from(refresh.is_some()) + u64::from(access.is_some());
             sqlx::query(
                 "update connection set refresh_token_sealed = coalesce($2, refresh_token_sealed),

@@ -12,30 +12,40 @@
 //! Never logs a token, code or client secret; `Debug` of every type here
 //! redacts them.
 
+use crate::domain::text_enum;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use url::Url;
 
-/// The grantless scopes SP-API apps use.
-pub const GRANTLESS_SCOPES: [&str; 2] = [
-    "sellingpartnerapi::notifications",
-    "sellingpartnerapi::client_credential:rotation",
-];
+text_enum! {
+    /// The grantless (client credentials) scopes SP-API apps use.
+    pub enum GrantlessScope ("grantless scope (sellingpartnerapi::notifications or sellingpartnerapi::client_credential:rotation)") {
+        Notifications => "sellingpartnerapi::notifications",
+        ClientCredentialRotation => "sellingpartnerapi::client_credential:rotation",
+    }
+}
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const TOTAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// A call with less time than this left before its deadline is not started.
+const MIN_ATTEMPT: Duration = Duration::from_millis(500);
 
-/// The HTTP client for every call to Amazon (and the sandbox standing in for it).
-pub fn http_client() -> reqwest::Client {
+/// The HTTP client for every call to Amazon (and the sandbox standing in for
+/// it). A failure to build it stops start-up: a client without its timeouts
+/// would let one slow answer hold a refresh for ever.
+pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(TOTAL_TIMEOUT)
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("sp-broker/", env!("CARGO_PKG_VERSION")))
         .build()
-        .unwrap_or_default()
 }
+
+/// The longest token lifetime believed: Amazon's are an hour. A larger
+/// `expires_in` (or one that would overflow a timestamp) is cut to this.
+pub const MAX_TOKEN_LIFETIME: time::Duration = time::Duration::hours(24);
 
 #[derive(Deserialize)]
 struct TokenBody {
@@ -47,14 +57,20 @@ struct TokenBody {
     expires_in: i64,
 }
 
-/// A successful answer of the token endpoint.
-#[derive(Debug)]
+/// A successful answer of the token endpoint. Deliberately not `Debug`.
 pub struct Tokens {
     pub access_token: SecretString,
     pub refresh_token: Option<SecretString>,
+    /// Seconds, as Amazon said, within 1 ..= [`MAX_TOKEN_LIFETIME`].
     pub expires_in: i64,
     /// Index in the configured secrets of the one that worked.
     pub secret_index: usize,
+}
+
+impl Tokens {
+    pub fn lifetime(&self) -> time::Duration {
+        time::Duration::seconds(self.expires_in)
+    }
 }
 
 #[derive(Deserialize)]
@@ -119,7 +135,7 @@ pub enum Grant<'a> {
     },
     RefreshToken(&'a SecretString),
     ClientCredentials {
-        scope: &'a str,
+        scope: GrantlessScope,
     },
 }
 
@@ -149,22 +165,32 @@ impl LwaClient {
         }
     }
 
-    /// One grant, trying each client secret in turn, moving to the next only on
+    /// One grant, trying each client secret in turn (in the order given, with
+    /// the index each has in the configuration), moving to the next only on
     /// `invalid_client`/`unauthorized_client` (client authentication happens
-    /// before the grant is looked at, so a code is not spent by a refused secret).
-    /// Passing failures are returned at once; retrying is the caller's choice.
+    /// before the grant is looked at, so a code is not spent by a refused
+    /// secret). Passing failures are returned at once; retrying is the
+    /// caller's choice. No request runs past `deadline`.
     pub async fn request(
         &self,
         grant: &Grant<'_>,
-        secrets: &[SecretString],
+        secrets: &[(usize, &SecretString)],
+        deadline: Instant,
     ) -> Result<Tokens, LwaError> {
         let mut last = LwaError::ClientRejected {
             error: "no client secret configured".into(),
         };
-        for (index, secret) in secrets.iter().enumerate() {
-            match self.request_once(grant, secret).await {
+        for (index, secret) in secrets {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left < MIN_ATTEMPT {
+                return Err(LwaError::Unavailable(Passing::Timeout));
+            }
+            match self
+                .request_once(grant, secret, left.min(TOTAL_TIMEOUT))
+                .await
+            {
                 Ok(mut tokens) => {
-                    tokens.secret_index = index;
+                    tokens.secret_index = *index;
                     return Ok(tokens);
                 }
                 Err(e @ LwaError::ClientRejected { .. }) => {
@@ -185,6 +211,7 @@ impl LwaClient {
         &self,
         grant: &Grant<'_>,
         secret: &SecretString,
+        timeout: Duration,
     ) -> Result<Tokens, LwaError> {
         let mut form: Vec<(&str, &str)> = vec![("grant_type", grant.name())];
         match grant {
@@ -193,7 +220,7 @@ impl LwaClient {
                 form.push(("redirect_uri", redirect_uri));
             }
             Grant::RefreshToken(token) => form.push(("refresh_token", token.expose_secret())),
-            Grant::ClientCredentials { scope } => form.push(("scope", scope)),
+            Grant::ClientCredentials { scope } => form.push(("scope", scope.as_str())),
         }
         form.push(("client_id", &self.client_id));
         form.push(("client_secret", secret.expose_secret()));
@@ -202,6 +229,7 @@ impl LwaClient {
         let response = self
             .http
             .post(self.token_url.clone())
+            .timeout(timeout)
             .form(&form)
             .send()
             .await
@@ -254,7 +282,7 @@ fn classify(status: reqwest::StatusCode, body: &[u8]) -> Result<Tokens, LwaError
             refresh_token: parsed
                 .refresh_token
                 .filter(|t| !t.expose_secret().is_empty()),
-            expires_in: parsed.expires_in,
+            expires_in: parsed.expires_in.min(MAX_TOKEN_LIFETIME.whole_seconds()),
             secret_index: 0,
         });
     }
@@ -311,6 +339,17 @@ mod tests {
         assert!(matches!(unauthorized, Err(LwaError::ClientRejected { .. })));
         let scope = classify(StatusCode::BAD_REQUEST, br#"{"error":"invalid_scope"}"#);
         assert!(matches!(scope, Err(LwaError::Refused { .. })));
+        let centuries = classify(
+            StatusCode::OK,
+            br#"{"access_token":"Atza|a","expires_in":9223372036854775807}"#,
+        );
+        assert!(matches!(
+            centuries,
+            Ok(Tokens {
+                expires_in: 86400,
+                ..
+            })
+        ));
         for (status, body) in [
             (StatusCode::TOO_MANY_REQUESTS, &b""[..]),
             (StatusCode::BAD_GATEWAY, b"<html>"),
@@ -327,16 +366,5 @@ mod tests {
                 "{status}"
             );
         }
-    }
-
-    #[test]
-    fn debug_of_tokens_is_redacted() {
-        let tokens = Tokens {
-            access_token: SecretString::from("Atza|canary"),
-            refresh_token: Some(SecretString::from("Atzr|canary")),
-            expires_in: 1,
-            secret_index: 0,
-        };
-        assert!(!format!("{tokens:?}").contains("canary"));
     }
 }

@@ -1,29 +1,18 @@
 //! Amazon's marketplaces as data, in one place: region, Seller Central and
 //! Vendor Central URLs and the regional SP-API endpoint (AMAZON.md).
 
-use serde::{Deserialize, Serialize};
-use std::fmt;
-use std::str::FromStr;
+use crate::domain::text_enum;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Region {
-    Na,
-    Eu,
-    Fe,
+text_enum! {
+    /// An SP-API region: one authorization covers a seller's marketplaces in one.
+    pub enum Region ("region (na, eu or fe)") {
+        Na => "na",
+        Eu => "eu",
+        Fe => "fe",
+    }
 }
 
 impl Region {
-    pub const ALL: [Region; 3] = [Region::Na, Region::Eu, Region::Fe];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Region::Na => "na",
-            Region::Eu => "eu",
-            Region::Fe => "fe",
-        }
-    }
-
     /// A name for people.
     pub fn label(self) -> &'static str {
         match self {
@@ -43,51 +32,20 @@ impl Region {
     }
 }
 
-impl fmt::Display for Region {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+text_enum! {
+    /// Seller Central or Vendor Central.
+    pub enum AccountType ("account type (seller or vendor)") {
+        Seller => "seller",
+        Vendor => "vendor",
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("`{0}` is not a region (na, eu or fe)")]
-pub struct UnknownRegion(pub String);
-
-impl FromStr for Region {
-    type Err = UnknownRegion;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "na" => Ok(Region::Na),
-            "eu" => Ok(Region::Eu),
-            "fe" => Ok(Region::Fe),
-            other => Err(UnknownRegion(other.to_owned())),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AccountType {
-    Seller,
-    Vendor,
 }
 
 impl AccountType {
-    pub fn as_str(self) -> &'static str {
+    /// A name for people.
+    pub fn label(self) -> &'static str {
         match self {
-            AccountType::Seller => "seller",
-            AccountType::Vendor => "vendor",
-        }
-    }
-}
-
-impl FromStr for AccountType {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "seller" => Ok(AccountType::Seller),
-            "vendor" => Ok(AccountType::Vendor),
-            _ => Err(()),
+            AccountType::Seller => "Seller",
+            AccountType::Vendor => "Vendor",
         }
     }
 }

@@ -1,8 +1,56 @@
 //! The SP-API calls sp-broker makes itself, with the seller's access token in
 //! `x-amz-access-token`. Never logs the token.
 
+use super::marketplaces::Region;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+
+/// SP-API as sp-broker calls it: the regional endpoints, or one override
+/// (`SP_BROKER_SPAPI_URL`, the sandbox).
+pub struct SpApi {
+    http: reqwest::Client,
+    endpoint_override: Option<String>,
+}
+
+impl SpApi {
+    pub fn new(http: reqwest::Client, endpoint_override: Option<String>) -> Self {
+        SpApi {
+            http,
+            endpoint_override,
+        }
+    }
+
+    pub fn endpoint(&self, region: Region) -> &str {
+        self.endpoint_override
+            .as_deref()
+            .unwrap_or_else(|| region.spapi_endpoint())
+    }
+
+    pub async fn marketplace_participations(
+        &self,
+        region: Region,
+        access_token: &SecretString,
+    ) -> Result<SellerAccount, SpApiError> {
+        marketplace_participations(&self.http, self.endpoint(region), access_token).await
+    }
+
+    pub async fn restricted_data_token(
+        &self,
+        region: Region,
+        access_token: &str,
+        resources: &[RestrictedResource],
+        target_application: Option<&str>,
+    ) -> Result<(SecretString, i64), SpApiError> {
+        restricted_data_token(
+            &self.http,
+            self.endpoint(region),
+            access_token,
+            resources,
+            target_application,
+        )
+        .await
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpApiError {
@@ -52,7 +100,7 @@ async fn send(request: reqwest::RequestBuilder) -> Result<reqwest::Response, SpA
     }
 }
 
-pub async fn marketplace_participations(
+async fn marketplace_participations(
     http: &reqwest::Client,
     endpoint: &str,
     access_token: &SecretString,
@@ -86,7 +134,8 @@ pub struct RestrictedResource {
     pub data_elements: Option<Vec<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Holds a token: deliberately not `Debug`.
+#[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct RdtBody {
     restricted_data_token: Option<SecretString>,
@@ -94,7 +143,7 @@ struct RdtBody {
     payload: Option<RdtPayload>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct RdtPayload {
     restricted_data_token: SecretString,
@@ -103,10 +152,10 @@ struct RdtPayload {
 
 /// `POST /tokens/2021-03-01/restrictedDataToken`; accepts the answer with or
 /// without the older `payload` wrapper.
-pub async fn restricted_data_token(
+async fn restricted_data_token(
     http: &reqwest::Client,
     endpoint: &str,
-    access_token: &SecretString,
+    access_token: &str,
     resources: &[RestrictedResource],
     target_application: Option<&str>,
 ) -> Result<(SecretString, i64), SpApiError> {
@@ -116,7 +165,7 @@ pub async fn restricted_data_token(
     }
     let request = http
         .post(format!("{endpoint}/tokens/2021-03-01/restrictedDataToken"))
-        .header("x-amz-access-token", access_token.expose_secret())
+        .header("x-amz-access-token", access_token)
         .json(&body);
     let response = send(request).await?;
     let body: RdtBody = response.json().await.map_err(|_| SpApiError::Unavailable)?;

@@ -33,11 +33,12 @@
 
 use clap::Parser;
 use secrecy::{ExposeSecret, SecretString};
-use sp_broker::app::AppState;
+use sp_broker::amazon::marketplaces::{AccountType, Region};
+use sp_broker::app::Services;
+use sp_broker::authorization::NewAuthorization;
 use sp_broker::clock::SystemClock;
 use sp_broker::config::{Config, Settings};
-use sp_broker::crypto::{KeyRing, Purpose, SealContext};
-use sp_broker::db::connections::{self, Authorized};
+use sp_broker::crypto::KeyRing;
 use std::error::Error;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -337,12 +338,13 @@ async fn seed(database_url: &str, count: usize) -> Result<Seeded, BoxError> {
     let keys = config.load_key_ring()?;
     sp_broker::db::key_checks::verify_key_ring(&pool, &keys, time::OffsetDateTime::now_utc())
         .await?;
-    let state = AppState::new(config, pool, keys, Arc::new(SystemClock));
+    let services = Services::build(config, pool, keys, Arc::new(SystemClock))?;
 
-    let tenant = sp_broker::cli::create_tenant(&state, "bench", Some("Benchmark")).await?;
-    let api_key =
-        sp_broker::cli::create_api_key(&state, "bench", None, &["tokens:issue".into()], "bench")
-            .await?;
+    let tenant = services.tenants.create("bench", Some("Benchmark")).await?;
+    let api_key = services
+        .api_keys
+        .create("bench", None, &["tokens:issue".into()], "bench")
+        .await?;
 
     // Batches of 500 in one transaction each, a few transactions at a time.
     let batches: Vec<(usize, usize)> = (0..count)
@@ -354,10 +356,10 @@ async fn seed(database_url: &str, count: usize) -> Result<Seeded, BoxError> {
     for group in batches.chunks(8) {
         let mut tasks = Vec::new();
         for &(start, end) in group {
-            let state = state.clone();
+            let services = services.clone();
             let tenant_id = tenant.id;
             tasks.push(tokio::spawn(async move {
-                seed_batch(&state, tenant_id, start, end).await
+                seed_batch(&services, tenant_id, start, end).await
             }));
         }
         for task in tasks {
@@ -366,7 +368,7 @@ async fn seed(database_url: &str, count: usize) -> Result<Seeded, BoxError> {
             first_access_token = first_access_token.or(first);
         }
     }
-    state.db.close().await;
+    services.db.close().await;
     Ok(Seeded {
         key_spec,
         api_key,
@@ -392,66 +394,46 @@ async fn recreate_database(database_url: &str) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// Connections `start..end`, as `authorization::store` writes them.
+/// Connections `start..end`, stored as a finished authorization stores them.
 async fn seed_batch(
-    state: &AppState,
+    services: &Services,
     tenant_id: Uuid,
     start: usize,
     end: usize,
 ) -> Result<(Vec<Uuid>, Option<SecretString>), BoxError> {
-    let now = time::OffsetDateTime::now_utc();
-    let tenant = tenant_id.to_string();
-    let mut ids = Vec::with_capacity(end - start);
-    let mut first = None;
-    let mut tx = state.db.begin().await?;
-    for i in start..end {
-        let selling_partner_id = format!("ABENCH{i:08}");
-        let (id, _) = connections::lock_or_create(
-            &mut tx,
-            tenant_id,
-            &selling_partner_id,
-            "na",
-            "seller",
-            "ATVPDKIKX0DER",
-            now,
-        )
-        .await?;
-        // LWA tokens are a few hundred characters: 300 random bytes, base64url.
-        let refresh_token = prefixed("Atzr|", sp_broker::secrets::random_token(300));
-        let access_token = prefixed("Atza|", sp_broker::secrets::random_token(300));
-        let row = id.to_string();
-        let seal = |purpose, secret: &SecretString| {
-            state.keys.seal_str(
-                SealContext {
-                    purpose,
-                    tenant: &tenant,
-                    row: &row,
-                },
-                secret,
+    let expires_at = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+    // LWA tokens are a few hundred characters: 300 random bytes, base64url.
+    let sellers: Vec<(String, SecretString, SecretString)> = (start..end)
+        .map(|i| {
+            (
+                format!("ABENCH{i:08}"),
+                prefixed("Atzr|", sp_broker::secrets::random_token(300)),
+                prefixed("Atza|", sp_broker::secrets::random_token(300)),
             )
-        };
-        let refresh_sealed = seal(Purpose::RefreshToken, &refresh_token);
-        let access_sealed = seal(Purpose::AccessToken, &access_token);
-        connections::store_authorization(
-            &mut tx,
-            Authorized {
-                id,
-                account_type: "seller",
+        })
+        .collect();
+    let authorizations: Vec<NewAuthorization<'_>> = sellers
+        .iter()
+        .map(
+            |(selling_partner_id, refresh_token, access_token)| NewAuthorization {
+                tenant_id,
+                selling_partner_id,
+                region: Region::Na,
+                account_type: AccountType::Seller,
                 marketplace_id: "ATVPDKIKX0DER",
-                refresh_token_sealed: &refresh_sealed,
-                access_token_sealed: &access_sealed,
-                access_token_expires_at: now + time::Duration::hours(1),
-                now,
+                refresh_token,
+                access_token,
+                access_token_expires_at: expires_at,
+                actor: "bench",
+                flow: "bench",
             },
         )
-        .await?;
-        if i == 0 {
-            first = Some(access_token);
-        }
-        ids.push(id);
-    }
-    tx.commit().await?;
-    Ok((ids, first))
+        .collect();
+    let stored = services.authorizer.store_all(&authorizations).await?;
+    let first = (start == 0)
+        .then(|| sellers.first().map(|(_, _, access)| access.clone()))
+        .flatten();
+    Ok((stored.into_iter().map(|(id, _)| id).collect(), first))
 }
 
 fn prefixed(prefix: &str, token: SecretString) -> SecretString {

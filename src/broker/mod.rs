@@ -1,201 +1,175 @@
 //! The token broker: the product's hot path. Hands out LWA access tokens per
-//! connection from an in-memory cache; refreshes once per connection no matter
-//! how many callers ask at the same moment, in this process (a per-connection
-//! async mutex) and across instances (a lease in the connection row, claimed
-//! with a conditional UPDATE, so no database connection is held while Amazon
-//! answers). Tokens it obtains are sealed into PostgreSQL too, so a restart or
-//! another instance does not call Amazon again.
+//! connection from memory (`cache.rs`), and when one will not do, refreshes
+//! once per connection however many callers ask, in this process and across
+//! instances (`refresh.rs`, `lease.rs`), settling Amazon's answer with
+//! fenced writes (`outcome.rs`, `fuse.rs`). Calls to Amazon are retried and
+//! watched by a breaker (`retry.rs`, `breaker.rs`) and gated by the app's
+//! credentials (`app_credentials.rs`). Grantless tokens and Restricted Data
+//! Tokens are in `grantless.rs` and `restricted.rs`.
+//!
+//! Before any query, a request that cannot lead to a call to Amazon now (the
+//! breaker is open, the app's credentials are held rejected, the connection
+//! is cooling down) is answered from memory: a token with a minute left, or
+//! an error.
 //!
 //! Never hands out, logs or returns a refresh token; never returns an expired
-//! access token.
+//! access token. Built with exactly its handles; knows nothing of HTTP.
 
+mod app_credentials;
 mod breaker;
+mod cache;
+mod fuse;
+mod grantless;
+mod lease;
+mod outcome;
+mod refresh;
+mod restricted;
+mod retry;
 
-use crate::amazon::lwa::{Grant, LwaError};
+pub use app_credentials::{AppCredentials, HoldState};
+pub use cache::{CachedToken, UsageCounts};
+pub use grantless::GrantlessToken;
+pub use lease::LEASE;
+pub use restricted::{RdtError, RestrictedDataToken};
+
+use crate::amazon::lwa::LwaClient;
 use crate::amazon::marketplaces::Region;
 use crate::api_keys::ApiPrincipal;
-use crate::app::AppState;
-use crate::crypto::{Purpose, SealContext};
-use crate::db::audit::{self, AuditTarget};
-use crate::db::connections::{self, TokenStateRow};
+use crate::clock::Clock;
+use crate::crypto::{KeyRing, Purpose, SealContext};
+use crate::db::connections;
+use crate::domain::ConnectionStatus;
 use crate::error::Error;
-use crate::metrics::TokenSource;
 use breaker::CircuitBreaker;
-use dashmap::DashMap;
-use rand::Rng;
-use secrecy::{ExposeSecret, SecretString};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
-use std::time::Instant;
+use cache::{Cache, Entry, FastMap, Snapshot};
+use refresh::{Outcome, Plan};
+use sqlx::PgPool;
+use std::sync::Arc;
 use time::{Duration, OffsetDateTime};
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 /// Below this, a cached token is not handed out when a refresh has failed.
 pub const MIN_FALLBACK_TTL: Duration = Duration::seconds(60);
 pub const FORCE_REFRESH_WINDOW: Duration = Duration::seconds(30);
-/// Re-read a cached connection's row after this long (seconds of the app's
-/// clock, either way) even without a notification.
-const RECHECK_AFTER_SECONDS: u64 = 30;
-/// Longer than the worst refresh (3 attempts of 5 s plus backoff).
-const LEASE_DURATION: Duration = Duration::seconds(20);
-const LEASE_POLL: std::time::Duration = std::time::Duration::from_millis(50);
-const MAX_RETRIES: u32 = 2;
-const RETRY_BASE_MS: u64 = 250;
-/// After an `invalid_client`, refreshes fail fast for this long (no storm of
-/// rejected calls against Amazon).
-const CLIENT_REJECTED_HOLD: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a caller holding a token with [`MIN_FALLBACK_TTL`] left waits
+/// for a refresh before it takes that token instead.
+pub const FALLBACK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Maps read on every request: sharded, so the two cores rarely meet on one
-/// lock, and hashed with foldhash (seeded per process), which is several times
-/// cheaper than SipHash for a 16-byte id.
-type FastMap<K, V> = DashMap<K, V, foldhash::fast::RandomState>;
-
-/// A cached access token. Shared (`Arc`), never copied, on the hot path.
-pub struct CachedToken {
-    pub access_token: SecretString,
-    pub expires_at: OffsetDateTime,
-    /// The part of the API's answer that is the same every time this token is
-    /// handed out, rendered by the API layer the first time (see
-    /// [`IssuedToken::answer_prefix`]): encoding a ~400-byte token on every
-    /// cache hit was most of the answer's cost.
-    answer_prefix: OnceLock<Box<[u8]>>,
+/// Why a still-valid cached token is handed out in place of a new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshError {
+    /// Amazon's token endpoint failed for a passing reason (or is slow).
+    AmazonUnavailable,
+    /// The app's client credentials are held rejected.
+    AppCredentialsRejected,
 }
 
-impl CachedToken {
-    pub fn new(access_token: SecretString, expires_at: OffsetDateTime) -> Self {
-        CachedToken {
-            access_token,
-            expires_at,
-            answer_prefix: OnceLock::new(),
+impl RefreshError {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefreshError::AmazonUnavailable => "amazon_unavailable",
+            RefreshError::AppCredentialsRejected => "app_credentials_rejected",
         }
     }
 }
 
-/// What the broker knows about one connection.
-#[derive(Clone)]
-pub struct Snapshot {
-    pub tenant_id: Uuid,
-    pub selling_partner_id: String,
-    pub region: Region,
-    pub status: String,
-    /// `status == "active"`, kept apart so a cache hit does not read the string.
-    pub active: bool,
-    pub status_reason: Option<String>,
-    pub token: Option<Arc<CachedToken>>,
-    pub cooldown_until: Option<OffsetDateTime>,
-    pub refresh_failures: i32,
-    /// When the row was read, in Unix seconds of the app's clock.
-    loaded_at: i64,
+/// Where a handed-out token came from (for metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSource {
+    Cache,
+    /// This request started the refresh that got it.
+    Refreshed,
+    /// This request waited for a refresh another request started.
+    Joined,
+    /// A still-valid cached token after a refresh failed or took too long.
+    Fallback,
 }
 
-struct Entry {
-    snapshot: RwLock<Arc<Snapshot>>,
-    /// Single flight within this process.
-    refresh: tokio::sync::Mutex<()>,
-    /// Tokens issued from this entry since the last flush, per API key id.
-    /// Kept here, not in a map of its own, so counting a cache hit touches
-    /// only memory the hit has just read.
-    usage: Mutex<Usage>,
-}
-
-/// Counts per API key; the first key inline (most connections are used by
-/// one service), more in a list.
-#[derive(Default)]
-struct Usage {
-    first: Option<(Uuid, u64)>,
-    more: Vec<(Uuid, u64)>,
-}
-
-impl Usage {
-    fn count(&mut self, key_id: Uuid) {
-        match &mut self.first {
-            Some((key, issued)) if *key == key_id => *issued += 1,
-            None => self.first = Some((key_id, 1)),
-            Some(_) => match self.more.iter_mut().find(|(key, _)| *key == key_id) {
-                Some((_, issued)) => *issued += 1,
-                None => self.more.push((key_id, 1)),
-            },
-        }
-    }
-
-    fn drain(&mut self) -> impl Iterator<Item = (Uuid, u64)> + '_ {
-        self.first.take().into_iter().chain(self.more.drain(..))
-    }
-}
-
-impl Entry {
-    fn new(snapshot: Snapshot) -> Self {
-        Entry {
-            snapshot: RwLock::new(Arc::new(snapshot)),
-            refresh: tokio::sync::Mutex::new(()),
-            usage: Mutex::new(Usage::default()),
-        }
-    }
-
-    fn count_use(&self, key_id: Uuid) {
-        if let Ok(mut usage) = self.usage.lock() {
-            usage.count(key_id);
-        }
-    }
-
-    /// Moves this entry's counts into `into`, keyed by (key id, connection id).
-    fn take_usage(&self, connection_id: Uuid, into: &mut HashMap<(Uuid, Uuid), u64>) {
-        let Ok(mut usage) = self.usage.lock() else {
-            return;
-        };
-        for (key_id, issued) in usage.drain() {
-            *into.entry((key_id, connection_id)).or_insert(0) += issued;
-        }
-    }
-}
-
-/// A token handed to a caller, with the connection it belongs to. Both are
-/// shared with the cache, so handing one out copies nothing.
+/// A token handed to a caller, with the connection it belongs to; shares
+/// the cached snapshot, so handing one out copies nothing.
 pub struct IssuedToken {
-    token: Arc<CachedToken>,
-    connection: Arc<Snapshot>,
+    snapshot: Arc<Snapshot>,
+    pub connection_id: Uuid,
     issued_at: OffsetDateTime,
-    /// Set when a refresh failed for a passing reason and a still-valid cached
-    /// token is returned instead.
-    pub refresh_error: Option<&'static str>,
+    pub refresh_error: Option<RefreshError>,
+    pub source: TokenSource,
 }
 
 impl IssuedToken {
-    pub fn access_token(&self) -> &SecretString {
-        &self.token.access_token
+    /// `snapshot` must hold a token (every constructor below checks).
+    fn new(
+        snapshot: Arc<Snapshot>,
+        connection_id: Uuid,
+        issued_at: OffsetDateTime,
+        source: TokenSource,
+        refresh_error: Option<RefreshError>,
+    ) -> Option<Self> {
+        snapshot.token.as_ref()?;
+        Some(IssuedToken {
+            snapshot,
+            connection_id,
+            issued_at,
+            refresh_error,
+            source,
+        })
     }
 
-    /// The constant part of an answer with this token: `render`ed once per
-    /// token, then shared by every answer. `render` may only use this token
-    /// and its connection (they never change for a cached token).
-    pub fn answer_prefix<E>(
-        &self,
-        render: impl FnOnce(&Self) -> Result<Box<[u8]>, E>,
-    ) -> Result<&[u8], E> {
-        if let Some(prefix) = self.token.answer_prefix.get() {
-            return Ok(prefix);
-        }
-        let rendered = render(self)?;
-        Ok(self.token.answer_prefix.get_or_init(|| rendered))
+    pub fn access_token(&self) -> &str {
+        self.snapshot.token.as_ref().map_or("", CachedToken::expose)
     }
 
     pub fn expires_at(&self) -> OffsetDateTime {
-        self.token.expires_at
+        self.snapshot
+            .token
+            .as_ref()
+            .map_or(self.issued_at, |t| t.expires_at)
     }
 
     /// The token's lifetime left, in whole seconds, when it was handed out.
     pub fn expires_in(&self) -> i64 {
-        (self.token.expires_at - self.issued_at)
-            .whole_seconds()
-            .max(0)
+        (self.expires_at() - self.issued_at).whole_seconds().max(0)
     }
 
     pub fn selling_partner_id(&self) -> &str {
-        &self.connection.selling_partner_id
+        &self.snapshot.selling_partner_id
     }
 
     pub fn region(&self) -> Region {
-        self.connection.region
+        self.snapshot.region
+    }
+
+    /// An issued token with these values, for tests of what renders it.
+    #[doc(hidden)]
+    pub fn for_test(
+        token: &str,
+        selling_partner_id: &str,
+        expires_at: OffsetDateTime,
+        refresh_error: Option<RefreshError>,
+    ) -> IssuedToken {
+        IssuedToken {
+            snapshot: Arc::new(Snapshot {
+                tenant_id: Uuid::nil(),
+                selling_partner_id: selling_partner_id.into(),
+                region: Region::Eu,
+                status: ConnectionStatus::Active,
+                status_reason: None,
+                grant_version: 1,
+                token_generation: 1,
+                token: Some(CachedToken {
+                    secret: token.into(),
+                    expires_at,
+                    generation: 1,
+                }),
+                cooldown_until: None,
+                refresh_failures: 0,
+                loaded_at: 0,
+            }),
+            connection_id: Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef),
+            issued_at: expires_at - Duration::seconds(1234),
+            refresh_error,
+            source: TokenSource::Cache,
+        }
     }
 }
 
@@ -205,7 +179,7 @@ pub enum TokenError {
     NotFound,
     #[error("the connection needs reauthorization")]
     Reauthorization {
-        status: String,
+        status: ConnectionStatus,
         status_reason: Option<String>,
     },
     #[error("rate limited")]
@@ -217,8 +191,20 @@ pub enum TokenError {
     AppCredentialsRejected,
     #[error("Amazon's token endpoint is unavailable")]
     AmazonUnavailable { retry_after_seconds: u64 },
+    /// Amazon refused a grantless request (`invalid_scope`, …): that request only.
+    #[error("Amazon refused the grant request ({error})")]
+    GrantRefused { error: String },
     #[error(transparent)]
     Internal(#[from] Error),
+}
+
+impl TokenError {
+    pub fn budget_spent(retry: std::time::Duration) -> Self {
+        TokenError::RateLimited {
+            retry_after_seconds: retry.as_secs().max(1),
+            detail: "this API key's budget of calls to Amazon is spent",
+        }
+    }
 }
 
 impl From<sqlx::Error> for TokenError {
@@ -227,46 +213,29 @@ impl From<sqlx::Error> for TokenError {
     }
 }
 
-/// What the app's own credentials have been doing (for ops).
-#[derive(Debug, Clone, Default)]
-pub struct AppCredentialState {
-    pub last_ok_at: Option<OffsetDateTime>,
-    pub last_ok_secret_index: Option<usize>,
-    pub last_rejected_at: Option<OffsetDateTime>,
-    rejected_hold_until: Option<Instant>,
+/// What the broker is built with.
+pub struct BrokerHandles {
+    pub db: PgPool,
+    pub keys: Arc<KeyRing>,
+    pub lwa: LwaClient,
+    pub clock: Arc<dyn Clock>,
+    pub credentials: Arc<AppCredentials>,
 }
 
 pub struct TokenBroker {
-    /// This instance's identity as a lease owner.
+    db: PgPool,
+    keys: Arc<KeyRing>,
+    lwa: LwaClient,
+    clock: Arc<dyn Clock>,
+    credentials: Arc<AppCredentials>,
+    /// Names this broker in the notifications it sends, so it can skip its own.
     instance_id: Uuid,
-    entries: FastMap<Uuid, Arc<Entry>>,
+    cache: Cache,
     breaker: CircuitBreaker,
-    app_credentials: Mutex<AppCredentialState>,
-    retired: Mutex<Retired>,
-    /// Grantless tokens by scope; the lock makes their refresh single-flight.
-    grantless: tokio::sync::Mutex<HashMap<String, Arc<CachedToken>>>,
-}
-
-impl Default for TokenBroker {
-    fn default() -> Self {
-        TokenBroker {
-            instance_id: Uuid::new_v4(),
-            entries: FastMap::default(),
-            breaker: CircuitBreaker::default(),
-            app_credentials: Mutex::new(AppCredentialState::default()),
-            retired: Mutex::new(Retired::default()),
-            grantless: tokio::sync::Mutex::new(HashMap::new()),
-        }
-    }
-}
-
-/// What is left of entries dropped from the cache.
-#[derive(Default)]
-struct Retired {
-    /// Dropped entries a request may still hold, and count a token on.
-    entries: Vec<(Uuid, Arc<Entry>)>,
-    /// Counts of dropped entries, for the next flush.
-    counts: HashMap<(Uuid, Uuid), u64>,
+    fuse: fuse::Fuse,
+    grantless: grantless::Grantless,
+    /// Refreshes waiting for another instance's lease, woken by its notification.
+    lease_waiters: FastMap<Uuid, Arc<Notify>>,
 }
 
 fn seal_context<'a>(purpose: Purpose, tenant: &'a str, row: &'a str) -> SealContext<'a> {
@@ -277,741 +246,355 @@ fn seal_context<'a>(purpose: Purpose, tenant: &'a str, row: &'a str) -> SealCont
     }
 }
 
-fn remaining(token: &CachedToken, now: OffsetDateTime) -> Duration {
-    token.expires_at - now
-}
-
-/// A token good for the caller, if `token` is one: unexpired and with at least
-/// `min_ttl` left.
-fn good_enough(
-    token: Option<&Arc<CachedToken>>,
-    now: OffsetDateTime,
-    min_ttl: Duration,
-) -> Option<&Arc<CachedToken>> {
-    token.filter(|t| {
-        let left = remaining(t, now);
-        left >= min_ttl && left > Duration::ZERO
-    })
-}
-
 impl TokenBroker {
+    pub fn new(handles: BrokerHandles) -> Arc<Self> {
+        Arc::new(TokenBroker {
+            db: handles.db,
+            keys: handles.keys,
+            lwa: handles.lwa,
+            clock: handles.clock,
+            credentials: handles.credentials,
+            instance_id: Uuid::new_v4(),
+            cache: Cache::default(),
+            breaker: CircuitBreaker::default(),
+            fuse: fuse::Fuse::default(),
+            grantless: grantless::Grantless::default(),
+            lease_waiters: FastMap::default(),
+        })
+    }
+
+    pub fn instance_id(&self) -> Uuid {
+        self.instance_id
+    }
+
+    pub fn credentials(&self) -> &Arc<AppCredentials> {
+        &self.credentials
+    }
+
+    /// How many connections are cached.
+    pub fn cached(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Drops a connection's cached copy (it changed here).
     pub fn forget(&self, connection_id: Uuid) {
-        if let Some(removed) = self.entries.remove(&connection_id) {
-            if let Ok(mut retired) = self.retired.lock() {
-                retired.entries.push(removed);
-            }
+        self.cache.forget(connection_id);
+    }
+
+    /// Another instance (or a write outside the broker) changed the row.
+    pub fn changed_elsewhere(&self, connection_id: Uuid) {
+        self.cache.invalidate(connection_id);
+        if let Some(waiters) = self.lease_waiters.get(&connection_id) {
+            waiters.notify_waiters();
         }
     }
 
+    /// Forgets everything (the notification channel was lost for a while).
     pub fn clear(&self) {
-        let ids: Vec<Uuid> = self.entries.iter().map(|e| *e.key()).collect();
-        for id in ids {
-            self.forget(id);
-        }
+        self.cache.clear();
     }
 
-    pub fn app_credentials(&self) -> AppCredentialState {
-        self.app_credentials
-            .lock()
-            .map(|s| s.clone())
-            .unwrap_or_default()
+    /// The app-wide state changed: read it again.
+    pub async fn app_state_changed(&self) -> Result<(), sqlx::Error> {
+        self.credentials.reload().await?;
+        let row = crate::db::app_state::find(&self.db).await?;
+        self.fuse.set_known(row.fuse_tripped_at.is_some());
+        Ok(())
     }
 
     /// Counts taken since the last call (key id, connection id) → tokens issued.
-    pub fn take_usage(&self) -> HashMap<(Uuid, Uuid), u64> {
-        self.release_retired();
-        let mut taken = self
-            .retired
-            .lock()
-            .map(|mut retired| std::mem::take(&mut retired.counts))
-            .unwrap_or_default();
-        for entry in self.entries.iter() {
-            entry.value().take_usage(*entry.key(), &mut taken);
-        }
-        taken
+    pub fn take_usage(&self) -> UsageCounts {
+        self.cache.take_usage()
     }
 
-    /// Lets go of dropped entries that no request holds any more (none can
-    /// reach them again: they are out of the map), keeping their counts for
-    /// the next flush. Run every few seconds, so that a disconnected
-    /// connection's token does not stay in memory until the next flush.
+    pub fn restore_usage(&self, counts: UsageCounts) {
+        self.cache.restore_usage(counts);
+    }
+
     pub fn release_retired(&self) {
-        let Ok(mut retired) = self.retired.lock() else {
-            return;
-        };
-        let Retired { entries, counts } = &mut *retired;
-        entries.retain(|(id, entry)| {
-            // Checked before draining: a count made meanwhile is drained now
-            // or next time.
-            let still_held = Arc::strong_count(entry) > 1;
-            entry.take_usage(*id, counts);
-            still_held
-        });
+        self.cache.release_retired();
     }
 
-    fn cached_entry(&self, connection_id: Uuid) -> Option<Arc<Entry>> {
-        self.entries
-            .get(&connection_id)
-            .map(|e| Arc::clone(e.value()))
-    }
-
-    /// Reads the connection's row into a fresh snapshot (opening its sealed token).
-    async fn load_snapshot(
-        &self,
-        state: &AppState,
-        connection_id: Uuid,
-    ) -> Result<Option<Snapshot>, Error> {
-        let Some(row) = connections::find_token_state(&state.db, connection_id).await? else {
-            return Ok(None);
-        };
-        Ok(Some(snapshot_from_row(state, connection_id, row)?))
-    }
-
-    /// The entry for a connection, loading (or re-reading) it when needed.
-    async fn entry(
-        &self,
-        state: &AppState,
-        connection_id: Uuid,
-        now: OffsetDateTime,
-    ) -> Result<Option<Arc<Entry>>, Error> {
-        if let Some(entry) = self.cached_entry(connection_id) {
-            let now = now.unix_timestamp();
-            let fresh = entry
-                .snapshot
-                .read()
-                .map(|s| s.loaded_at.abs_diff(now) < RECHECK_AFTER_SECONDS)
-                .unwrap_or(false);
-            if fresh {
-                return Ok(Some(entry));
-            }
-            let Some(snapshot) = self.load_snapshot(state, connection_id).await? else {
-                self.forget(connection_id);
-                return Ok(None);
-            };
-            store_snapshot(&entry, Arc::new(snapshot));
-            return Ok(Some(entry));
-        }
-        let Some(snapshot) = self.load_snapshot(state, connection_id).await? else {
-            return Ok(None);
-        };
-        let entry = Arc::new(Entry::new(snapshot));
-        Ok(Some(Arc::clone(
-            self.entries.entry(connection_id).or_insert(entry).value(),
-        )))
-    }
-
-    /// `POST /v1/connections/{id}/access-token`.
+    /// An access token for a connection (`POST /v1/connections/{id}/access-token`
+    /// and the LWA-compatible endpoint alike).
     pub async fn access_token(
-        &self,
-        state: &AppState,
+        self: &Arc<Self>,
         caller: &ApiPrincipal,
         connection_id: Uuid,
         min_ttl: Duration,
         force_refresh: bool,
     ) -> Result<IssuedToken, TokenError> {
-        let now = state.now();
-        let entry = self
-            .entry(state, connection_id, now)
-            .await?
-            .ok_or(TokenError::NotFound)?;
-        let snapshot = read_snapshot(&entry)?;
+        let now = self.clock.now();
+        let entry = self.entry(connection_id, now).await?;
+        let snapshot = entry.snapshot();
         if !caller.can_see_tenant(snapshot.tenant_id) {
             return Err(TokenError::NotFound);
         }
-        if !snapshot.active {
+        if snapshot.status != ConnectionStatus::Active {
             return Err(TokenError::Reauthorization {
-                status: snapshot.status.clone(),
-                status_reason: snapshot.status_reason.clone(),
+                status: snapshot.status,
+                status_reason: snapshot.status_reason.as_deref().map(str::to_owned),
             });
         }
-        if !force_refresh {
-            if let Some(token) = good_enough(snapshot.token.as_ref(), now, min_ttl) {
-                entry.count_use(caller.key_id);
-                crate::metrics::token_issued(TokenSource::Cache);
-                return Ok(issued(&snapshot, token, None, now));
-            }
-        } else if let Err(retry) =
-            connections::claim_force_refresh(&state.db, connection_id, now, FORCE_REFRESH_WINDOW)
-                .await?
-        {
-            return Err(TokenError::RateLimited {
-                retry_after_seconds: retry as u64,
-                detail: "force_refresh was already used for this connection in the last 30 seconds",
-            });
+        if !force_refresh && snapshot.token_good_for(now, min_ttl).is_some() {
+            entry.count_use(caller.key_id);
+            return IssuedToken::new(snapshot, connection_id, now, TokenSource::Cache, None)
+                .ok_or(TokenError::NotFound);
         }
-        let seen = snapshot.token.as_ref().map(|t| t.expires_at);
-        let result = self
-            .refresh(
-                state,
+        let issued = self
+            .refreshed_token(
                 caller,
-                connection_id,
                 &entry,
-                seen,
+                snapshot,
+                connection_id,
                 min_ttl,
                 force_refresh,
             )
-            .await;
-        if let Ok(token) = &result {
-            entry.count_use(caller.key_id);
-            crate::metrics::token_issued(if token.refresh_error.is_some() {
-                TokenSource::Fallback
-            } else {
-                TokenSource::Refreshed
-            });
-        }
-        result
+            .await?;
+        entry.count_use(caller.key_id);
+        Ok(issued)
     }
 
-    /// The slow path: one refresh per connection, however many callers wait.
-    #[allow(clippy::too_many_arguments)]
-    async fn refresh(
-        &self,
-        state: &AppState,
+    /// The miss path: fail fast from memory, else join or start a refresh.
+    async fn refreshed_token(
+        self: &Arc<Self>,
         caller: &ApiPrincipal,
-        connection_id: Uuid,
         entry: &Arc<Entry>,
-        seen_expires_at: Option<OffsetDateTime>,
+        snapshot: Arc<Snapshot>,
+        connection_id: Uuid,
         min_ttl: Duration,
         force_refresh: bool,
     ) -> Result<IssuedToken, TokenError> {
-        let _single_flight = entry.refresh.lock().await;
-        // Most waiters find the token the caller before them just obtained.
-        let current = read_snapshot(entry)?;
-        if let Some(token) = current.token.as_ref() {
-            let now = state.now();
-            if Some(token.expires_at) != seen_expires_at && remaining(token, now) > Duration::ZERO {
-                return Ok(issued(&current, token, None, now));
-            }
-        }
-        let deadline = Instant::now() + std::time::Duration::from_secs(25);
-        loop {
-            // Another caller here, or another instance, may have refreshed meanwhile.
-            let snapshot = match self.load_snapshot(state, connection_id).await? {
-                Some(s) => Arc::new(s),
-                None => {
-                    self.forget(connection_id);
-                    return Err(TokenError::NotFound);
-                }
-            };
-            store_snapshot(entry, Arc::clone(&snapshot));
-            if !snapshot.active {
-                return Err(TokenError::Reauthorization {
-                    status: snapshot.status.clone(),
-                    status_reason: snapshot.status_reason.clone(),
-                });
-            }
-            let now = state.now();
-            if let Some(token) = snapshot.token.as_ref() {
-                let is_newer = Some(token.expires_at) != seen_expires_at;
-                if is_newer && remaining(token, now) > Duration::ZERO {
-                    return Ok(issued(&snapshot, token, None, now));
-                }
-                if !force_refresh {
-                    if let Some(token) = good_enough(Some(token), now, min_ttl) {
-                        return Ok(issued(&snapshot, token, None, now));
-                    }
-                }
-            }
-            // The token we may fall back on if Amazon fails: never the one a
-            // caller reported rejected (force_refresh discards it).
-            let fallback = if force_refresh {
-                None
-            } else {
-                snapshot.token.clone()
-            };
-
-            if let Some(until) = snapshot.cooldown_until.filter(|u| *u > now) {
-                return fall_back(
-                    &snapshot,
-                    fallback,
-                    now,
-                    (until - now).whole_seconds().max(1) as u64,
-                );
-            }
-            let Some(refresh_sealed) = connections::claim_refresh_lease(
-                &state.db,
+        let now = self.clock.now();
+        // The token a failure may fall back on: never one a caller reported
+        // rejected (force_refresh discards it).
+        let fallback = (!force_refresh && snapshot.token_good_for(now, MIN_FALLBACK_TTL).is_some())
+            .then(|| Arc::clone(&snapshot));
+        let fall_back = |why: RefreshError, error: TokenError| match &fallback {
+            Some(s) => IssuedToken::new(
+                Arc::clone(s),
                 connection_id,
-                self.instance_id,
-                now,
-                now + LEASE_DURATION,
-                snapshot.token.as_ref().map(|t| t.expires_at),
+                self.clock.now(),
+                TokenSource::Fallback,
+                Some(why),
             )
-            .await?
-            else {
-                if Instant::now() >= deadline {
-                    return fall_back(&snapshot, fallback, now, 5);
-                }
-                tokio::time::sleep(LEASE_POLL).await;
-                continue;
-            };
-            return self
-                .refresh_with_lease(
-                    state,
-                    caller,
-                    connection_id,
-                    entry,
-                    &snapshot,
-                    refresh_sealed,
-                    fallback,
-                )
-                .await;
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn refresh_with_lease(
-        &self,
-        state: &AppState,
-        caller: &ApiPrincipal,
-        connection_id: Uuid,
-        entry: &Arc<Entry>,
-        snapshot: &Arc<Snapshot>,
-        refresh_sealed: Option<Vec<u8>>,
-        fallback: Option<Arc<CachedToken>>,
-    ) -> Result<IssuedToken, TokenError> {
-        let owner = self.instance_id;
-        let release = || connections::release_refresh_lease(&state.db, connection_id, owner);
-        let now = state.now();
-        let tenant = snapshot.tenant_id.to_string();
-        let row = connection_id.to_string();
-
-        let Some(refresh_sealed) = refresh_sealed else {
-            release().await?;
-            return Err(TokenError::Reauthorization {
-                status: "needs_reauth".into(),
-                status_reason: Some("no refresh token is stored".into()),
-            });
+            .ok_or(error),
+            None => Err(error),
         };
-        let refresh_token = state
-            .keys
-            .open_str(
-                seal_context(Purpose::RefreshToken, &tenant, &row),
-                &refresh_sealed,
-            )
-            .map_err(Error::from)?;
 
-        if self.client_rejected_recently() {
-            release().await?;
-            return Err(TokenError::AppCredentialsRejected);
-        }
-        if let Some(retry_after) = self.breaker.open_for() {
-            release().await?;
-            return fall_back(snapshot, fallback, now, retry_after.as_secs().max(1));
-        }
-        if let Err(retry) = caller.spend_amazon_call() {
-            release().await?;
-            return Err(TokenError::RateLimited {
-                retry_after_seconds: retry.as_secs().max(1),
-                detail: "this API key's budget of calls to Amazon is spent",
-            });
-        }
-
-        let started = Instant::now();
-        let result = self.call_lwa_with_retries(state, &refresh_token).await;
-        let latency_ms = started.elapsed().as_millis().min(i32::MAX as u128) as i32;
-        let now = state.now();
-
-        match result {
-            Ok(tokens) => {
-                self.breaker.record_success();
-                self.note_app_credentials_ok(now, tokens.secret_index);
-                let expires_at = now + Duration::seconds(tokens.expires_in);
-                let access_sealed = state.keys.seal_str(
-                    seal_context(Purpose::AccessToken, &tenant, &row),
-                    &tokens.access_token,
-                );
-                // Amazon does not rotate refresh tokens, but store a new one if it comes.
-                let new_refresh_sealed = tokens
-                    .refresh_token
-                    .as_ref()
-                    .filter(|t| t.expose_secret() != refresh_token.expose_secret())
-                    .map(|t| {
-                        state
-                            .keys
-                            .seal_str(seal_context(Purpose::RefreshToken, &tenant, &row), t)
-                    });
-                let stored = connections::store_refreshed(
-                    &state.db,
-                    connections::Refreshed {
-                        id: connection_id,
-                        owner,
-                        access_token_sealed: &access_sealed,
-                        access_token_expires_at: expires_at,
-                        refresh_token_sealed: new_refresh_sealed.as_deref(),
-                        now,
-                    },
-                )
-                .await?;
-                record_event(state, connection_id, now, "ok", latency_ms).await;
-                if !stored {
-                    // Disconnected meanwhile, or our lease expired: re-read before answering.
-                    if let Some(s) = self.load_snapshot(state, connection_id).await? {
-                        if !s.active {
-                            let error = TokenError::Reauthorization {
-                                status: s.status.clone(),
-                                status_reason: s.status_reason.clone(),
-                            };
-                            store_snapshot(entry, Arc::new(s));
-                            return Err(error);
-                        }
-                    }
-                }
-                let token = Arc::new(CachedToken::new(tokens.access_token, expires_at));
-                let fresh = Arc::new(Snapshot {
-                    token: Some(Arc::clone(&token)),
-                    cooldown_until: None,
-                    refresh_failures: 0,
-                    loaded_at: now.unix_timestamp(),
-                    ..Snapshot::clone(snapshot)
-                });
-                store_snapshot(entry, Arc::clone(&fresh));
-                let _ = connections::notify_changed(&state.db, connection_id).await;
-                tracing::info!(connection = %connection_id, latency_ms, "access token refreshed");
-                Ok(issued(&fresh, &token, None, now))
-            }
-            Err(LwaError::InvalidGrant { .. }) => {
-                self.breaker.record_success();
-                let reason = "Amazon refused the refresh token (invalid_grant): the seller revoked the app's authorization or it expired";
-                let mut tx = state.db.begin().await?;
-                let changed = connections::mark_needs_reauth(
-                    &mut *tx,
-                    connection_id,
-                    "revoked_or_expired",
-                    reason,
-                    now,
-                )
-                .await?;
-                if changed {
-                    audit::record(
-                        &mut *tx,
-                        now,
-                        "system:token-refresh",
-                        "connection.needs_reauth",
-                        AuditTarget { tenant_id: Some(snapshot.tenant_id), connection_id: Some(connection_id) },
-                        serde_json::json!({"reason": "invalid_grant", "requested_by": caller.actor()}),
-                    )
-                    .await?;
-                    connections::notify_changed(&mut *tx, connection_id).await?;
-                }
-                tx.commit().await?;
-                record_event(state, connection_id, now, "invalid_grant", latency_ms).await;
-                self.forget(connection_id);
-                tracing::warn!(connection = %connection_id, "refresh token refused (invalid_grant): connection needs reauthorization");
-                Err(TokenError::Reauthorization {
-                    status: "needs_reauth".into(),
-                    status_reason: Some("revoked_or_expired".into()),
-                })
-            }
-            Err(LwaError::ClientRejected { .. } | LwaError::Refused { .. }) => {
-                self.breaker.record_success();
-                self.note_app_credentials_rejected(now);
-                // The app's credentials are at fault, never the seller: the
-                // connection row keeps its status and shows no error.
-                release().await?;
-                record_event(
-                    state,
-                    connection_id,
-                    now,
-                    "app_credentials_rejected",
-                    latency_ms,
-                )
-                .await;
-                tracing::error!(connection = %connection_id, "LWA rejected every configured client secret: app credentials need attention");
-                Err(TokenError::AppCredentialsRejected)
-            }
-            Err(LwaError::Unavailable(reason)) => {
-                let failures = snapshot.refresh_failures.max(0) as u32 + 1;
-                let cooldown = Duration::seconds((5i64 << failures.min(4)).min(60));
-                connections::record_refresh_failure(
-                    &state.db,
-                    connection_id,
-                    owner,
-                    "amazon_unavailable",
-                    &format!(
-                        "Amazon's token endpoint was unavailable ({})",
-                        reason.as_str()
-                    ),
-                    Some(now + cooldown),
-                    now,
-                )
-                .await?;
-                record_event(state, connection_id, now, "amazon_unavailable", latency_ms).await;
-                let cooled = Snapshot {
-                    cooldown_until: Some(now + cooldown),
-                    refresh_failures: failures as i32,
-                    loaded_at: now.unix_timestamp(),
-                    ..Snapshot::clone(snapshot)
-                };
-                store_snapshot(entry, Arc::new(cooled));
-                tracing::warn!(connection = %connection_id, reason = reason.as_str(), "refresh failed for a passing reason");
-                fall_back(snapshot, fallback, now, cooldown.whole_seconds() as u64)
-            }
-        }
-    }
-
-    /// Up to two retries with full jitter, for passing failures only.
-    async fn call_lwa_with_retries(
-        &self,
-        state: &AppState,
-        refresh_token: &SecretString,
-    ) -> Result<crate::amazon::lwa::Tokens, LwaError> {
-        let mut attempt = 0;
-        loop {
-            let started = Instant::now();
-            let result = state
-                .lwa
-                .request(
-                    &Grant::RefreshToken(refresh_token),
-                    &state.config.lwa_client_secrets,
-                )
-                .await;
-            crate::metrics::lwa_call(
-                "refresh_token",
-                outcome_label(&result),
-                started.elapsed().as_secs_f64(),
+        if let Some(open_for) = self.breaker.open_for() {
+            return fall_back(
+                RefreshError::AmazonUnavailable,
+                TokenError::AmazonUnavailable {
+                    retry_after_seconds: open_for.as_secs().max(1),
+                },
             );
-            match result {
-                Err(e) if e.is_passing() => {
-                    self.breaker.record_failure();
-                    if attempt >= MAX_RETRIES || self.breaker.open_for().is_some() {
-                        return Err(e);
-                    }
-                    attempt += 1;
-                    let cap = RETRY_BASE_MS << attempt;
-                    let wait = rand::thread_rng().gen_range(0..=cap);
-                    tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
-                }
-                other => return other,
+        }
+        if let Some(left) = self.credentials.is_held().filter(|l| *l > Duration::ZERO) {
+            tracing::debug!(hold_left_s = left.whole_seconds(), "app credentials held");
+            return fall_back(
+                RefreshError::AppCredentialsRejected,
+                TokenError::AppCredentialsRejected,
+            );
+        }
+        if let Some(left) = snapshot.cooling_down_for(now) {
+            return fall_back(
+                RefreshError::AmazonUnavailable,
+                TokenError::AmazonUnavailable {
+                    retry_after_seconds: left.whole_seconds().max(1) as u64,
+                },
+            );
+        }
+        if force_refresh {
+            if let connections::ForceRefresh::TooSoon {
+                retry_after_seconds,
+            } =
+                connections::claim_force_refresh(&self.db, connection_id, now, FORCE_REFRESH_WINDOW)
+                    .await?
+            {
+                return Err(TokenError::RateLimited {
+                    retry_after_seconds,
+                    detail:
+                        "force_refresh was already used for this connection in the last 30 seconds",
+                });
             }
-        }
-    }
-
-    /// A grantless (client credentials) token for `scope`, cached until a
-    /// minute before it expires.
-    pub async fn grantless_token(
-        &self,
-        state: &AppState,
-        caller: &ApiPrincipal,
-        scope: &str,
-    ) -> Result<Arc<CachedToken>, TokenError> {
-        let mut cache = self.grantless.lock().await;
-        let now = state.now();
-        if let Some(token) = good_enough(cache.get(scope), now, MIN_FALLBACK_TTL) {
-            return Ok(Arc::clone(token));
-        }
-        if self.client_rejected_recently() {
-            return Err(TokenError::AppCredentialsRejected);
         }
         if let Err(retry) = caller.spend_amazon_call() {
-            return Err(TokenError::RateLimited {
-                retry_after_seconds: retry.as_secs().max(1),
-                detail: "this API key's budget of calls to Amazon is spent",
-            });
+            return Err(TokenError::budget_spent(retry));
         }
-        match state
-            .lwa
-            .request(
-                &Grant::ClientCredentials { scope },
-                &state.config.lwa_client_secrets,
-            )
-            .await
-        {
-            Ok(tokens) => {
-                self.note_app_credentials_ok(now, tokens.secret_index);
-                let token = Arc::new(CachedToken::new(
-                    tokens.access_token,
-                    now + Duration::seconds(tokens.expires_in),
-                ));
-                cache.insert(scope.to_owned(), Arc::clone(&token));
-                Ok(token)
+
+        let seen_generation = snapshot
+            .token
+            .as_ref()
+            .map_or(snapshot.token_generation, |t| t.generation);
+        let plan = Plan {
+            connection_id,
+            seen_generation,
+            grant_version: snapshot.grant_version,
+            min_ttl,
+            force: force_refresh,
+        };
+        let (running, started) = refresh::join_or_start(self, entry, plan);
+        let outcome = match &fallback {
+            Some(_) => {
+                match tokio::time::timeout(FALLBACK_PATIENCE, refresh::outcome_of(running)).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => {
+                        return fall_back(
+                            RefreshError::AmazonUnavailable,
+                            TokenError::AmazonUnavailable {
+                                retry_after_seconds: 1,
+                            },
+                        )
+                    }
+                }
             }
-            Err(LwaError::Unavailable(reason)) => {
-                tracing::warn!(reason = reason.as_str(), "grantless token: LWA unavailable");
-                Err(TokenError::AmazonUnavailable {
-                    retry_after_seconds: 5,
+            None => refresh::outcome_of(running).await,
+        };
+        let source = if started {
+            TokenSource::Refreshed
+        } else {
+            TokenSource::Joined
+        };
+        match &*outcome {
+            Outcome::Token(fresh) => {
+                let now = self.clock.now();
+                let usable = fresh.token.as_ref().is_some_and(|t| {
+                    (t.generation != seen_generation || !force_refresh)
+                        && t.is_good_for(now, Duration::ZERO)
+                });
+                if usable {
+                    IssuedToken::new(Arc::clone(fresh), connection_id, now, source, None).ok_or(
+                        TokenError::AmazonUnavailable {
+                            retry_after_seconds: 1,
+                        },
+                    )
+                } else {
+                    fall_back(
+                        RefreshError::AmazonUnavailable,
+                        TokenError::AmazonUnavailable {
+                            retry_after_seconds: 1,
+                        },
+                    )
+                }
+            }
+            Outcome::Reauthorization { status, reason } => Err(TokenError::Reauthorization {
+                status: *status,
+                status_reason: reason.as_deref().map(str::to_owned),
+            }),
+            Outcome::NotFound => Err(TokenError::NotFound),
+            Outcome::AppCredentialsRejected => fall_back(
+                RefreshError::AppCredentialsRejected,
+                TokenError::AppCredentialsRejected,
+            ),
+            Outcome::Unavailable {
+                retry_after_seconds,
+            } => fall_back(
+                RefreshError::AmazonUnavailable,
+                TokenError::AmazonUnavailable {
+                    retry_after_seconds: *retry_after_seconds,
+                },
+            ),
+            Outcome::Internal { incident } => Err(TokenError::Internal(Error::Refresh {
+                incident: *incident,
+            })),
+        }
+    }
+
+    /// The cached entry, loading it (or reading it again) when needed.
+    async fn entry(
+        &self,
+        connection_id: Uuid,
+        now: OffsetDateTime,
+    ) -> Result<Arc<Entry>, TokenError> {
+        if let Some(entry) = self.cache.get(connection_id) {
+            if entry.snapshot().is_fresh(now) {
+                return Ok(entry);
+            }
+            let Some((snapshot, _)) = self.load(connection_id).await? else {
+                self.cache.forget(connection_id);
+                return Err(TokenError::NotFound);
+            };
+            entry.store(Arc::new(snapshot));
+            return Ok(entry);
+        }
+        let Some((snapshot, _)) = self.load(connection_id).await? else {
+            return Err(TokenError::NotFound);
+        };
+        Ok(self.cache.insert(connection_id, Entry::new(snapshot)))
+    }
+
+    /// Reads the connection's row into a fresh snapshot (opening its sealed
+    /// token), with whether another claim holds its refresh lease.
+    async fn load(&self, connection_id: Uuid) -> Result<Option<(Snapshot, bool)>, Error> {
+        let Some(row) = connections::find_token_state(&self.db, connection_id).await? else {
+            return Ok(None);
+        };
+        let token = match (&row.access_token_sealed, row.access_token_expires_at) {
+            (Some(sealed), Some(expires_at)) => {
+                let tenant = row.tenant_id.to_string();
+                let id = connection_id.to_string();
+                Some(CachedToken {
+                    secret: self
+                        .keys
+                        .open_str(seal_context(Purpose::AccessToken, &tenant, &id), sealed)?,
+                    expires_at,
+                    generation: row.token_generation,
                 })
             }
-            Err(e) => {
-                self.note_app_credentials_rejected(now);
-                tracing::error!(error = %e, "grantless token refused: app credentials need attention");
-                Err(TokenError::AppCredentialsRejected)
-            }
+            _ => None,
+        };
+        let lease_busy = row.lease_busy;
+        Ok(Some((
+            Snapshot {
+                tenant_id: row.tenant_id,
+                selling_partner_id: row.selling_partner_id.into_boxed_str(),
+                region: row.region,
+                status: row.status,
+                status_reason: row.status_reason.map(String::into_boxed_str),
+                grant_version: row.grant_version,
+                token_generation: row.token_generation,
+                token,
+                cooldown_until: row.refresh_cooldown_until,
+                refresh_failures: row.refresh_failures,
+                loaded_at: self.clock.now().unix_timestamp(),
+            },
+            lease_busy,
+        )))
+    }
+
+    /// Whether a call to Amazon may go out now: `Ok(probe guard)` or the
+    /// outcome that answers instead.
+    async fn gate_calls(
+        &self,
+    ) -> Result<Result<Option<app_credentials::ProbeGuard>, Outcome>, Error> {
+        if let Some(open_for) = self.breaker.open_for() {
+            return Ok(Err(Outcome::Unavailable {
+                retry_after_seconds: open_for.as_secs().max(1),
+            }));
         }
+        Ok(match self.credentials.gate().await? {
+            app_credentials::Gate::Open => Ok(None),
+            app_credentials::Gate::Probe(probe) => Ok(Some(probe)),
+            app_credentials::Gate::Held { .. } => Err(Outcome::AppCredentialsRejected),
+        })
     }
 
-    fn client_rejected_recently(&self) -> bool {
-        self.app_credentials
-            .lock()
-            .ok()
-            .and_then(|s| s.rejected_hold_until)
-            .is_some_and(|until| Instant::now() < until)
+    /// Waits until another instance's notification about this connection, or `at_most`.
+    async fn wait_for_lease(&self, connection_id: Uuid, at_most: std::time::Duration) {
+        let waiters = Arc::clone(
+            self.lease_waiters
+                .entry(connection_id)
+                .or_insert_with(|| Arc::new(Notify::new()))
+                .value(),
+        );
+        let _ = tokio::time::timeout(at_most, waiters.notified()).await;
+        // The map's copy and ours: nobody else waits.
+        self.lease_waiters
+            .remove_if(&connection_id, |_, w| Arc::strong_count(w) <= 2);
     }
 
-    pub fn note_app_credentials_ok(&self, now: OffsetDateTime, secret_index: usize) {
-        if let Ok(mut s) = self.app_credentials.lock() {
-            s.last_ok_at = Some(now);
-            s.last_ok_secret_index = Some(secret_index);
-            s.rejected_hold_until = None;
-        }
-    }
-
-    pub fn note_app_credentials_rejected(&self, now: OffsetDateTime) {
-        if let Ok(mut s) = self.app_credentials.lock() {
-            s.last_rejected_at = Some(now);
-            s.rejected_hold_until = Some(Instant::now() + CLIENT_REJECTED_HOLD);
-        }
-    }
-}
-
-fn outcome_label<T>(result: &Result<T, LwaError>) -> &'static str {
-    match result {
-        Ok(_) => "ok",
-        Err(LwaError::InvalidGrant { .. }) => "invalid_grant",
-        Err(LwaError::ClientRejected { .. }) => "app_credentials_rejected",
-        Err(LwaError::Refused { .. }) => "refused",
-        Err(LwaError::Unavailable(_)) => "amazon_unavailable",
-    }
-}
-
-fn read_snapshot(entry: &Entry) -> Result<Arc<Snapshot>, Error> {
-    entry
-        .snapshot
-        .read()
-        .map(|s| s.clone())
-        .map_err(|_| Error::Poisoned)
-}
-
-fn store_snapshot(entry: &Entry, snapshot: Arc<Snapshot>) {
-    if let Ok(mut s) = entry.snapshot.write() {
-        *s = snapshot;
-    }
-}
-
-fn snapshot_from_row(
-    state: &AppState,
-    connection_id: Uuid,
-    row: TokenStateRow,
-) -> Result<Snapshot, Error> {
-    let tenant = row.tenant_id.to_string();
-    let id = connection_id.to_string();
-    let token = match (&row.access_token_sealed, row.access_token_expires_at) {
-        (Some(sealed), Some(expires_at)) => Some(Arc::new(CachedToken::new(
-            state
-                .keys
-                .open_str(seal_context(Purpose::AccessToken, &tenant, &id), sealed)?,
-            expires_at,
-        ))),
-        _ => None,
-    };
-    Ok(Snapshot {
-        tenant_id: row.tenant_id,
-        selling_partner_id: row.selling_partner_id,
-        region: row.region.parse().unwrap_or(Region::Na),
-        active: row.status == "active",
-        status: row.status,
-        status_reason: row.status_reason,
-        token,
-        cooldown_until: row.refresh_cooldown_until,
-        refresh_failures: row.refresh_failures,
-        loaded_at: state.now().unix_timestamp(),
-    })
-}
-
-fn issued(
-    snapshot: &Arc<Snapshot>,
-    token: &Arc<CachedToken>,
-    refresh_error: Option<&'static str>,
-    at: OffsetDateTime,
-) -> IssuedToken {
-    IssuedToken {
-        token: Arc::clone(token),
-        connection: Arc::clone(snapshot),
-        issued_at: at,
-        refresh_error,
-    }
-}
-
-/// After a passing failure: the cached token if it still has a minute, else 503.
-fn fall_back(
-    snapshot: &Arc<Snapshot>,
-    fallback: Option<Arc<CachedToken>>,
-    now: OffsetDateTime,
-    retry_after_seconds: u64,
-) -> Result<IssuedToken, TokenError> {
-    match good_enough(fallback.as_ref(), now, MIN_FALLBACK_TTL) {
-        Some(token) => Ok(issued(snapshot, token, Some("amazon_unavailable"), now)),
-        None => Err(TokenError::AmazonUnavailable {
-            retry_after_seconds: retry_after_seconds.max(1),
-        }),
-    }
-}
-
-async fn record_event(
-    state: &AppState,
-    connection_id: Uuid,
-    at: OffsetDateTime,
-    outcome: &str,
-    latency_ms: i32,
-) {
-    if let Err(e) =
-        connections::insert_refresh_event(&state.db, connection_id, at, outcome, latency_ms).await
-    {
-        tracing::warn!(error = %e, "could not record refresh outcome");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    fn active_snapshot() -> Snapshot {
-        Snapshot {
-            tenant_id: Uuid::from_u128(1),
-            selling_partner_id: "A1SELLER".into(),
-            region: Region::Na,
-            status: "active".into(),
-            active: true,
-            status_reason: None,
-            token: None,
-            cooldown_until: None,
-            refresh_failures: 0,
-            loaded_at: 0,
-        }
-    }
-
-    #[test]
-    fn a_dropped_entry_keeps_its_counts_and_is_let_go_once_nobody_holds_it() {
-        let broker = TokenBroker::default();
-        let (connection, key) = (Uuid::from_u128(7), Uuid::from_u128(8));
-        let entry = Arc::new(Entry::new(active_snapshot()));
-        broker.entries.insert(connection, Arc::clone(&entry));
-        entry.count_use(key);
-        // Dropped (a NOTIFY, say) while a request still holds the entry...
-        broker.forget(connection);
-        broker.release_retired();
-        // ...which then hands out one more token.
-        entry.count_use(key);
-        assert_eq!(broker.retired.lock().unwrap().entries.len(), 1);
-        drop(entry);
-        broker.release_retired();
-        assert!(broker.retired.lock().unwrap().entries.is_empty());
-        assert_eq!(broker.take_usage(), HashMap::from([((key, connection), 2)]));
-        assert!(broker.take_usage().is_empty());
-    }
-
-    #[test]
-    fn usage_counts_each_key_and_drains_to_zero() {
-        let (a, b, c) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3));
-        let mut usage = Usage::default();
-        for key in [a, b, a, c, b, a] {
-            usage.count(key);
-        }
-        let mut drained: Vec<_> = usage.drain().collect();
-        drained.sort();
-        assert_eq!(drained, vec![(a, 3), (b, 2), (c, 1)]);
-        assert_eq!(usage.drain().count(), 0);
-        usage.count(c);
-        assert_eq!(usage.drain().collect::<Vec<_>>(), vec![(c, 1)]);
+    async fn tell_others(&self, connection_id: Uuid) {
+        outcome::tell(self, connection_id).await;
     }
 }

@@ -1,16 +1,29 @@
 //! Connections: one seller's authorization in one region, held by one tenant.
 //! Sealed columns hold crypto.rs envelopes bound to (tenant, row); this module
 //! stores and returns them but never opens them.
+//!
+//! Every write a refresh makes is fenced (SECURITY.md): it names the lease
+//! claim it holds and the grant version it started from, and lands only while
+//! both are still the row's.
 
+use crate::amazon::marketplaces::{AccountType, Region};
+use crate::config::AmazonMode;
+use crate::domain::{ConnectionStatus, Health};
 use sqlx::{PgExecutor, Postgres, Transaction};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-pub const COLUMNS: &str =
-    "id, tenant_id, selling_partner_id, account_type, region, marketplace_id, \
-    store_name, marketplace_ids, status, status_reason, status_changed_at, authorized_at, \
-    last_refresh_at, last_error_code, last_error_message, last_error_at, created_at, updated_at, \
-    access_token_expires_at";
+/// The columns of [`ConnectionRow`]; `at` is the parameter holding the time
+/// health is judged at.
+fn columns(at: &str) -> String {
+    format!(
+        "id, tenant_id, selling_partner_id, account_type, region, marketplace_id, \
+         store_name, marketplace_ids, status, status_reason, status_changed_at, authorized_at, \
+         authorization_expires_at, last_refresh_at, last_error_code, last_error_message, last_error_at, \
+         created_at, updated_at, \
+         connection_health(status, last_error_code, authorization_expires_at, {at}) as health"
+    )
+}
 
 /// A connection as stored, without its sealed secrets.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -18,33 +31,37 @@ pub struct ConnectionRow {
     pub id: Uuid,
     pub tenant_id: Uuid,
     pub selling_partner_id: String,
-    pub account_type: String,
-    pub region: String,
+    pub account_type: AccountType,
+    pub region: Region,
     pub marketplace_id: String,
     pub store_name: Option<String>,
     pub marketplace_ids: Option<Vec<String>>,
-    pub status: String,
+    pub status: ConnectionStatus,
     pub status_reason: Option<String>,
     pub status_changed_at: OffsetDateTime,
     pub authorized_at: Option<OffsetDateTime>,
+    pub authorization_expires_at: Option<OffsetDateTime>,
     pub last_refresh_at: Option<OffsetDateTime>,
     pub last_error_code: Option<String>,
     pub last_error_message: Option<String>,
     pub last_error_at: Option<OffsetDateTime>,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
-    pub access_token_expires_at: Option<OffsetDateTime>,
+    pub health: Health,
 }
 
 #[tracing::instrument(skip_all)]
 pub async fn list_for_tenant(
     db: impl PgExecutor<'_>,
     tenant_id: Uuid,
+    now: OffsetDateTime,
 ) -> Result<Vec<ConnectionRow>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "select {COLUMNS} from connection where tenant_id = $1 order by created_at, id"
+        "select {} from connection where tenant_id = $1 order by created_at, id",
+        columns("$2")
     ))
     .bind(tenant_id)
+    .bind(now)
     .fetch_all(db)
     .await
 }
@@ -54,14 +71,78 @@ pub async fn find_for_tenant(
     db: impl PgExecutor<'_>,
     tenant_id: Uuid,
     id: Uuid,
+    now: OffsetDateTime,
 ) -> Result<Option<ConnectionRow>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "select {COLUMNS} from connection where tenant_id = $1 and id = $2"
+        "select {} from connection where tenant_id = $1 and id = $2",
+        columns("$3")
     ))
     .bind(tenant_id)
     .bind(id)
+    .bind(now)
     .fetch_optional(db)
     .await
+}
+
+#[tracing::instrument(skip_all)]
+pub async fn find(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    now: OffsetDateTime,
+) -> Result<Option<ConnectionRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "select {} from connection where id = $1",
+        columns("$2")
+    ))
+    .bind(id)
+    .bind(now)
+    .fetch_optional(db)
+    .await
+}
+
+/// A page of a tenant's connections, filtered, in creation order, after the
+/// cursor `(created_at, id)`.
+pub struct PageQuery<'a> {
+    pub tenant_id: Uuid,
+    pub status: Option<ConnectionStatus>,
+    pub selling_partner_id: Option<&'a str>,
+    pub after: Option<(OffsetDateTime, Uuid)>,
+    pub limit: i64,
+    pub now: OffsetDateTime,
+}
+
+#[tracing::instrument(skip_all)]
+pub async fn list_page(
+    db: impl PgExecutor<'_>,
+    q: PageQuery<'_>,
+) -> Result<Vec<ConnectionRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "select {} from connection
+         where tenant_id = $1
+           and ($2::text is null or status = $2)
+           and ($3::text is null or selling_partner_id = $3)
+           and ($4::timestamptz is null or (created_at, id) > ($4, $5))
+         order by created_at, id limit $6",
+        columns("$7")
+    ))
+    .bind(q.tenant_id)
+    .bind(q.status)
+    .bind(q.selling_partner_id)
+    .bind(q.after.map(|(at, _)| at))
+    .bind(q.after.map(|(_, id)| id).unwrap_or_else(Uuid::nil))
+    .bind(q.limit)
+    .bind(q.now)
+    .fetch_all(db)
+    .await
+}
+
+/// Where a new authorization goes.
+pub struct AuthorizationKey<'a> {
+    pub tenant_id: Uuid,
+    pub selling_partner_id: &'a str,
+    pub region: Region,
+    pub account_type: AccountType,
+    pub marketplace_id: &'a str,
 }
 
 /// Locks the connection keyed by (tenant, selling partner, region), creating an
@@ -69,11 +150,7 @@ pub async fn find_for_tenant(
 #[tracing::instrument(skip_all)]
 pub async fn lock_or_create(
     tx: &mut Transaction<'_, Postgres>,
-    tenant_id: Uuid,
-    selling_partner_id: &str,
-    region: &str,
-    account_type: &str,
-    marketplace_id: &str,
+    key: &AuthorizationKey<'_>,
     now: OffsetDateTime,
 ) -> Result<(Uuid, bool), sqlx::Error> {
     sqlx::query_as(
@@ -84,11 +161,11 @@ pub async fn lock_or_create(
          returning id, (xmax = 0) as inserted",
     )
     .bind(Uuid::new_v4())
-    .bind(tenant_id)
-    .bind(selling_partner_id)
-    .bind(account_type)
-    .bind(region)
-    .bind(marketplace_id)
+    .bind(key.tenant_id)
+    .bind(key.selling_partner_id)
+    .bind(key.account_type)
+    .bind(key.region)
+    .bind(key.marketplace_id)
     .bind(now)
     .fetch_one(&mut **tx)
     .await
@@ -96,16 +173,21 @@ pub async fn lock_or_create(
 
 pub struct Authorized<'a> {
     pub id: Uuid,
-    pub account_type: &'a str,
+    pub account_type: AccountType,
     pub marketplace_id: &'a str,
     pub refresh_token_sealed: &'a [u8],
     pub access_token_sealed: &'a [u8],
     pub access_token_expires_at: OffsetDateTime,
+    pub authorization_expires_at: OffsetDateTime,
+    pub mode: AmazonMode,
+    pub client_id: &'a str,
     pub now: OffsetDateTime,
 }
 
 /// Stores a new authorization: the refresh token replaced atomically, status
-/// `active`, `authorized_at` now, errors cleared.
+/// `active`, `authorized_at` now, errors cleared; a new grant version, so any
+/// refresh still running for the old one writes nothing, and the lease, the
+/// cooldown and the failure count start afresh.
 #[tracing::instrument(skip_all)]
 pub async fn store_authorization(
     tx: &mut Transaction<'_, Postgres>,
@@ -115,11 +197,15 @@ pub async fn store_authorization(
         "update connection set
              account_type = $2, marketplace_id = $3,
              refresh_token_sealed = $4, access_token_sealed = $5, access_token_expires_at = $6,
-             status_changed_at = case when status = 'active' then status_changed_at else $7 end,
+             token_generation = token_generation + 1, grant_version = grant_version + 1,
+             refresh_lease_token = null, refresh_lease_until = null,
+             refresh_cooldown_until = null, refresh_failures = 0,
+             status_changed_at = case when status = 'active' then status_changed_at else $10 end,
              status = 'active', status_reason = null,
-             authorized_at = $7, last_refresh_at = $7,
+             authorized_at = $10, authorization_expires_at = $7, last_refresh_at = $10,
+             authorized_mode = $8, authorized_client_id = $9,
              last_error_code = null, last_error_message = null, last_error_at = null,
-             updated_at = $7
+             updated_at = $10
          where id = $1",
     )
     .bind(a.id)
@@ -128,24 +214,40 @@ pub async fn store_authorization(
     .bind(a.refresh_token_sealed)
     .bind(a.access_token_sealed)
     .bind(a.access_token_expires_at)
+    .bind(a.authorization_expires_at)
+    .bind(a.mode.as_str())
+    .bind(a.client_id)
     .bind(a.now)
     .execute(&mut **tx)
     .await?;
     Ok(())
 }
 
-/// Erases the stored tokens and marks the connection `disconnected`.
-/// Returns false when the tenant has no such connection.
+/// Erases the stored tokens and marks the connection `disconnected` (a new
+/// grant version: a refresh in flight writes nothing back). Returns the status
+/// it had, or `None` when the tenant has no such connection.
 #[tracing::instrument(skip_all)]
 pub async fn disconnect(
-    db: impl PgExecutor<'_>,
+    tx: &mut Transaction<'_, Postgres>,
     tenant_id: Uuid,
     id: Uuid,
     now: OffsetDateTime,
-) -> Result<bool, sqlx::Error> {
-    Ok(sqlx::query(
+) -> Result<Option<ConnectionStatus>, sqlx::Error> {
+    let previous: Option<ConnectionStatus> = sqlx::query_scalar(
+        "select status from connection where tenant_id = $1 and id = $2 for update",
+    )
+    .bind(tenant_id)
+    .bind(id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if previous.is_none() {
+        return Ok(None);
+    }
+    sqlx::query(
         "update connection set
              refresh_token_sealed = null, access_token_sealed = null, access_token_expires_at = null,
+             token_generation = token_generation + 1, grant_version = grant_version + 1,
+             refresh_lease_token = null, refresh_lease_until = null,
              status_changed_at = case when status = 'disconnected' then status_changed_at else $3 end,
              status = 'disconnected', status_reason = 'disconnected on request', updated_at = $3
          where tenant_id = $1 and id = $2",
@@ -153,10 +255,9 @@ pub async fn disconnect(
     .bind(tenant_id)
     .bind(id)
     .bind(now)
-    .execute(db)
-    .await?
-    .rows_affected()
-        == 1)
+    .execute(&mut **tx)
+    .await?;
+    Ok(previous)
 }
 
 /// The verified details of a seller account (from marketplaceParticipations).
@@ -182,142 +283,218 @@ pub async fn update_verified_details(
 }
 
 /// What the token broker needs to know about a connection.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Clone, sqlx::FromRow)]
 pub struct TokenStateRow {
     pub tenant_id: Uuid,
     pub selling_partner_id: String,
-    pub region: String,
-    pub status: String,
+    pub region: Region,
+    pub status: ConnectionStatus,
     pub status_reason: Option<String>,
+    pub grant_version: i64,
+    pub token_generation: i64,
     pub access_token_sealed: Option<Vec<u8>>,
     pub access_token_expires_at: Option<OffsetDateTime>,
     pub refresh_cooldown_until: Option<OffsetDateTime>,
     pub refresh_failures: i32,
+    /// Another claim holds the refresh lease (judged by PostgreSQL's clock).
+    pub lease_busy: bool,
 }
-
-const TOKEN_STATE: &str = "tenant_id, selling_partner_id, region, status, status_reason, \
-    access_token_sealed, access_token_expires_at, refresh_cooldown_until, refresh_failures";
 
 #[tracing::instrument(skip_all)]
 pub async fn find_token_state(
     db: impl PgExecutor<'_>,
     id: Uuid,
 ) -> Result<Option<TokenStateRow>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "select {TOKEN_STATE} from connection where id = $1"
-    ))
+    sqlx::query_as(
+        "select tenant_id, selling_partner_id, region, status, status_reason, grant_version,
+                token_generation, access_token_sealed, access_token_expires_at,
+                refresh_cooldown_until, refresh_failures,
+                coalesce(refresh_lease_until > now(), false) as lease_busy
+         from connection where id = $1",
+    )
     .bind(id)
     .fetch_optional(db)
     .await
 }
 
-/// Claims the refresh lease if it is free (or expired) and returns the sealed
-/// refresh token. Holds no database connection while Amazon is called: the
-/// lease is a row value, not a lock. `None` when another instance holds it,
-/// the token changed since `seen_expires_at` was read, or the connection is no
-/// longer active.
+/// The result of trying to claim a connection's refresh lease.
+pub enum LeaseClaim {
+    /// Ours until the lease runs out; the sealed refresh token to use.
+    Claimed { refresh_token_sealed: Vec<u8> },
+    /// Claimed, but the row holds no refresh token (it cannot be refreshed).
+    ClaimedWithoutRefreshToken,
+    /// Another claim holds it, or the row moved on (new token, new grant,
+    /// no longer active): read it again.
+    NotClaimed,
+}
+
+/// Claims the refresh lease if it is free (or run out, by PostgreSQL's clock)
+/// and the row is still the one the caller read: same grant, same token,
+/// active. Holds no database connection while Amazon is called: the lease is
+/// a row value, not a lock.
 #[tracing::instrument(skip_all)]
 pub async fn claim_refresh_lease(
     db: impl PgExecutor<'_>,
     id: Uuid,
-    owner: Uuid,
-    now: OffsetDateTime,
-    until: OffsetDateTime,
-    seen_expires_at: Option<OffsetDateTime>,
-) -> Result<Option<Option<Vec<u8>>>, sqlx::Error> {
-    // The token must still be the one the caller read: if another instance
-    // refreshed in between, the claim fails and the caller re-reads it.
-    sqlx::query_scalar(
-        "update connection set refresh_lease_owner = $2, refresh_lease_until = $4
-         where id = $1 and status = 'active'
-           and access_token_expires_at is not distinct from $5
-           and (refresh_lease_until is null or refresh_lease_until <= $3 or refresh_lease_owner = $2)
+    claim: Uuid,
+    grant_version: i64,
+    seen_generation: i64,
+    lease: std::time::Duration,
+) -> Result<LeaseClaim, sqlx::Error> {
+    let claimed: Option<Option<Vec<u8>>> = sqlx::query_scalar(
+        "update connection set refresh_lease_token = $2,
+             refresh_lease_until = now() + make_interval(secs => $5)
+         where id = $1 and status = 'active' and grant_version = $3 and token_generation = $4
+           and (refresh_lease_until is null or refresh_lease_until <= now())
          returning refresh_token_sealed",
     )
     .bind(id)
-    .bind(owner)
-    .bind(now)
-    .bind(until)
-    .bind(seen_expires_at)
+    .bind(claim)
+    .bind(grant_version)
+    .bind(seen_generation)
+    .bind(lease.as_secs_f64())
     .fetch_optional(db)
-    .await
+    .await?;
+    Ok(match claimed {
+        Some(Some(sealed)) => LeaseClaim::Claimed {
+            refresh_token_sealed: sealed,
+        },
+        Some(None) => LeaseClaim::ClaimedWithoutRefreshToken,
+        None => LeaseClaim::NotClaimed,
+    })
 }
 
+/// Gives the lease back, if it is still this claim's.
 #[tracing::instrument(skip_all)]
 pub async fn release_refresh_lease(
     db: impl PgExecutor<'_>,
     id: Uuid,
-    owner: Uuid,
+    claim: Uuid,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "update connection set refresh_lease_owner = null, refresh_lease_until = null
-         where id = $1 and refresh_lease_owner = $2",
+        "update connection set refresh_lease_token = null, refresh_lease_until = null
+         where id = $1 and refresh_lease_token = $2",
     )
     .bind(id)
-    .bind(owner)
+    .bind(claim)
     .execute(db)
     .await?;
     Ok(())
 }
 
-pub struct Refreshed<'a> {
+/// Which write a refresh holds the right to make.
+#[derive(Debug, Clone, Copy)]
+pub struct Fence {
     pub id: Uuid,
-    pub owner: Uuid,
+    pub claim: Uuid,
+    pub grant_version: i64,
+}
+
+pub struct Refreshed<'a> {
     pub access_token_sealed: &'a [u8],
     pub access_token_expires_at: OffsetDateTime,
-    /// Only when Amazon sent a different refresh token.
-    pub refresh_token_sealed: Option<&'a [u8]>,
     pub now: OffsetDateTime,
 }
 
-/// Writes a refreshed token back, only while the lease is still ours and the
-/// connection still active. Returns false otherwise.
+/// Writes a refreshed access token back and releases the lease, only while the
+/// fence holds. Returns the new token generation, or `None` when fenced out.
 #[tracing::instrument(skip_all)]
 pub async fn store_refreshed(
     db: impl PgExecutor<'_>,
+    fence: Fence,
     r: Refreshed<'_>,
-) -> Result<bool, sqlx::Error> {
-    Ok(sqlx::query(
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(
         "update connection set
-             access_token_sealed = $3, access_token_expires_at = $4,
-             refresh_token_sealed = coalesce($5, refresh_token_sealed),
+             access_token_sealed = $4, access_token_expires_at = $5,
+             token_generation = token_generation + 1,
              last_refresh_at = $6, last_error_code = null, last_error_message = null, last_error_at = null,
              refresh_failures = 0, refresh_cooldown_until = null,
-             refresh_lease_owner = null, refresh_lease_until = null, updated_at = $6
-         where id = $1 and refresh_lease_owner = $2 and status = 'active'",
+             refresh_lease_token = null, refresh_lease_until = null, updated_at = $6
+         where id = $1 and refresh_lease_token = $2 and grant_version = $3 and status = 'active'
+         returning token_generation",
     )
-    .bind(r.id)
-    .bind(r.owner)
+    .bind(fence.id)
+    .bind(fence.claim)
+    .bind(fence.grant_version)
     .bind(r.access_token_sealed)
     .bind(r.access_token_expires_at)
-    .bind(r.refresh_token_sealed)
     .bind(r.now)
+    .fetch_optional(db)
+    .await
+}
+
+/// Replaces the stored refresh token by compare-and-swap on the ciphertext it
+/// was read as, whoever holds the lease: a refresh token Amazon rotated must
+/// not be lost. Returns false when the row holds another ciphertext (or
+/// another grant) by now.
+#[tracing::instrument(skip_all)]
+pub async fn swap_refresh_token(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    grant_version: i64,
+    expected_sealed: &[u8],
+    new_sealed: &[u8],
+) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query(
+        "update connection set refresh_token_sealed = $4
+         where id = $1 and grant_version = $2 and refresh_token_sealed = $3",
+    )
+    .bind(id)
+    .bind(grant_version)
+    .bind(expected_sealed)
+    .bind(new_sealed)
     .execute(db)
     .await?
     .rows_affected()
         == 1)
 }
 
-/// Amazon said `invalid_grant`: the connection needs the seller to reauthorize.
-/// Returns false when it was no longer active.
+/// A connection's sealed refresh token as stored now.
+#[derive(sqlx::FromRow)]
+pub struct StoredRefreshToken {
+    pub tenant_id: Uuid,
+    pub grant_version: i64,
+    pub refresh_token_sealed: Option<Vec<u8>>,
+}
+
+/// The sealed refresh token as stored now, with its grant version.
+#[tracing::instrument(skip_all)]
+pub async fn find_refresh_token(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+) -> Result<Option<StoredRefreshToken>, sqlx::Error> {
+    sqlx::query_as(
+        "select tenant_id, grant_version, refresh_token_sealed from connection where id = $1",
+    )
+    .bind(id)
+    .fetch_optional(db)
+    .await
+}
+
+/// Amazon said `invalid_grant`: the connection needs the seller to
+/// reauthorize. Fenced; returns false when fenced out.
 #[tracing::instrument(skip_all)]
 pub async fn mark_needs_reauth(
     db: impl PgExecutor<'_>,
-    id: Uuid,
+    fence: Fence,
     reason: &str,
     error_message: &str,
     now: OffsetDateTime,
 ) -> Result<bool, sqlx::Error> {
     Ok(sqlx::query(
         "update connection set
-             status = 'needs_reauth', status_reason = $2, status_changed_at = $4,
+             status = 'needs_reauth', status_reason = $4, status_changed_at = $6,
              access_token_sealed = null, access_token_expires_at = null,
-             last_error_code = 'invalid_grant', last_error_message = $3, last_error_at = $4,
-             refresh_lease_owner = null, refresh_lease_until = null, refresh_cooldown_until = null,
-             updated_at = $4
-         where id = $1 and status = 'active'",
+             token_generation = token_generation + 1,
+             last_error_code = 'invalid_grant', last_error_message = $5, last_error_at = $6,
+             refresh_lease_token = null, refresh_lease_until = null, refresh_cooldown_until = null,
+             updated_at = $6
+         where id = $1 and refresh_lease_token = $2 and grant_version = $3 and status = 'active'",
     )
-    .bind(id)
+    .bind(fence.id)
+    .bind(fence.claim)
+    .bind(fence.grant_version)
     .bind(reason)
     .bind(error_message)
     .bind(now)
@@ -327,68 +504,82 @@ pub async fn mark_needs_reauth(
         == 1)
 }
 
-/// A passing failure: records the error, starts the cooldown, frees the lease.
+/// A passing failure: records the error, counts it, starts the cooldown and
+/// releases the lease. Fenced; returns false when fenced out.
 #[tracing::instrument(skip_all)]
 pub async fn record_refresh_failure(
     db: impl PgExecutor<'_>,
-    id: Uuid,
-    owner: Uuid,
+    fence: Fence,
     code: &str,
     message: &str,
-    cooldown_until: Option<OffsetDateTime>,
+    cooldown_until: OffsetDateTime,
     now: OffsetDateTime,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query(
         "update connection set
-             last_error_code = $3, last_error_message = $4, last_error_at = $6,
-             refresh_failures = refresh_failures + case when $5::timestamptz is null then 0 else 1 end,
-             refresh_cooldown_until = coalesce($5, refresh_cooldown_until),
-             refresh_lease_owner = null, refresh_lease_until = null, updated_at = $6
-         where id = $1 and (refresh_lease_owner = $2 or refresh_lease_owner is null)",
+             last_error_code = $4, last_error_message = $5, last_error_at = $7,
+             refresh_failures = refresh_failures + 1, refresh_cooldown_until = $6,
+             refresh_lease_token = null, refresh_lease_until = null, updated_at = $7
+         where id = $1 and refresh_lease_token = $2 and grant_version = $3",
     )
-    .bind(id)
-    .bind(owner)
+    .bind(fence.id)
+    .bind(fence.claim)
+    .bind(fence.grant_version)
     .bind(code)
     .bind(message)
     .bind(cooldown_until)
     .bind(now)
     .execute(db)
-    .await?;
-    Ok(())
+    .await?
+    .rows_affected()
+        == 1)
 }
 
-/// `force_refresh` is honoured at most once per `window` per connection, across
-/// instances. `Err(seconds)` says when it may be asked again.
+/// Whether a `force_refresh` may go ahead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForceRefresh {
+    Granted,
+    /// Asked within the window already; may be asked again after this many seconds.
+    TooSoon {
+        retry_after_seconds: u64,
+    },
+}
+
+/// `force_refresh` is honoured at most once per `window` per connection,
+/// across instances; one statement.
 #[tracing::instrument(skip_all)]
 pub async fn claim_force_refresh(
-    db: impl PgExecutor<'_> + Copy,
+    db: impl PgExecutor<'_>,
     id: Uuid,
     now: OffsetDateTime,
     window: time::Duration,
-) -> Result<Result<(), i64>, sqlx::Error> {
-    let claimed = sqlx::query(
-        "update connection set force_refresh_at = $2
-         where id = $1 and (force_refresh_at is null or force_refresh_at <= $3)",
+) -> Result<ForceRefresh, sqlx::Error> {
+    // The update claims the window; when it does not, the CTE's row says
+    // since when it is taken.
+    let last: Option<(bool, Option<OffsetDateTime>)> = sqlx::query_as(
+        "with claimed as (
+             update connection set force_refresh_at = $2
+             where id = $1 and (force_refresh_at is null or force_refresh_at <= $3)
+             returning id
+         )
+         select exists (select 1 from claimed), (select force_refresh_at from connection where id = $1)",
     )
     .bind(id)
     .bind(now)
     .bind(now - window)
-    .execute(db)
-    .await?
-    .rows_affected();
-    if claimed == 1 {
-        return Ok(Ok(()));
-    }
-    let last: Option<OffsetDateTime> =
-        sqlx::query_scalar("select force_refresh_at from connection where id = $1")
-            .bind(id)
-            .fetch_optional(db)
-            .await?
-            .flatten();
-    let retry = last
-        .map(|at| (at + window - now).whole_seconds().max(1))
-        .unwrap_or(1);
-    Ok(Err(retry))
+    .fetch_optional(db)
+    .await?;
+    Ok(match last {
+        Some((true, _)) => ForceRefresh::Granted,
+        Some((false, at)) => ForceRefresh::TooSoon {
+            retry_after_seconds: at
+                .map(|at| (at + window - now).whole_seconds().max(1) as u64)
+                .unwrap_or(1),
+        },
+        None => ForceRefresh::TooSoon {
+            retry_after_seconds: 1,
+        },
+    })
 }
 
 #[tracing::instrument(skip_all)]
@@ -409,44 +600,47 @@ pub async fn insert_refresh_event(
     Ok(())
 }
 
-/// Connections of a tenant (or all tenants), filtered, in creation order,
-/// after the cursor `(created_at, id)`.
 #[tracing::instrument(skip_all)]
-pub async fn list_page(
+pub async fn delete_refresh_events_before(
     db: impl PgExecutor<'_>,
-    tenant_id: Uuid,
-    status: Option<&str>,
-    selling_partner_id: Option<&str>,
-    after: Option<(OffsetDateTime, Uuid)>,
-    limit: i64,
-) -> Result<Vec<ConnectionRow>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "select {COLUMNS} from connection
-         where tenant_id = $1
-           and ($2::text is null or status = $2)
-           and ($3::text is null or selling_partner_id = $3)
-           and ($4::timestamptz is null or (created_at, id) > ($4, $5))
-         order by created_at, id limit $6"
-    ))
-    .bind(tenant_id)
-    .bind(status)
-    .bind(selling_partner_id)
-    .bind(after.map(|(at, _)| at))
-    .bind(after.map(|(_, id)| id).unwrap_or_else(Uuid::nil))
-    .bind(limit)
+    before: OffsetDateTime,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query("delete from refresh_event where at < $1")
+        .bind(before)
+        .execute(db)
+        .await?
+        .rows_affected())
+}
+
+/// Which Amazon (mode, LWA client id) the stored authorizations belong to,
+/// with how many hold a refresh token. Rows not stamped yet are left out.
+#[tracing::instrument(skip_all)]
+pub async fn authorized_amazons(
+    db: impl PgExecutor<'_>,
+) -> Result<Vec<(String, String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "select authorized_mode, authorized_client_id, count(*) from connection
+         where refresh_token_sealed is not null and authorized_mode is not null
+         group by 1, 2 order by 3 desc",
+    )
     .fetch_all(db)
     .await
 }
 
+/// Stamps authorizations stored before connections recorded their Amazon.
 #[tracing::instrument(skip_all)]
-pub async fn find(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<ConnectionRow>, sqlx::Error> {
-    sqlx::query_as(&format!("select {COLUMNS} from connection where id = $1"))
-        .bind(id)
-        .fetch_optional(db)
-        .await
-}
-
-/// Tells every instance that a connection changed (they drop their cached copy).
-pub async fn notify_changed(db: impl PgExecutor<'_>, id: Uuid) -> Result<(), sqlx::Error> {
-    crate::notify::send(db, &crate::notify::Change::Connection(id)).await
+pub async fn stamp_unstamped_authorizations(
+    db: impl PgExecutor<'_>,
+    mode: AmazonMode,
+    client_id: &str,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "update connection set authorized_mode = $1, authorized_client_id = $2
+         where authorized_mode is null and refresh_token_sealed is not null",
+    )
+    .bind(mode.as_str())
+    .bind(client_id)
+    .execute(db)
+    .await?
+    .rows_affected())
 }

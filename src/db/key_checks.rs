@@ -39,15 +39,8 @@ pub async fn verify_key_ring(
     keys: &KeyRing,
     now: OffsetDateTime,
 ) -> Result<(), KeyCheckError> {
-    let stored: Vec<(String, Vec<u8>)> =
-        sqlx::query_as("select key_id, check_sealed from encryption_key_check")
-            .fetch_all(db)
-            .await?;
-    for (key_id, sealed) in &stored {
-        if keys.has_key(key_id) && keys.open(context(key_id), sealed).is_err() {
-            return Err(KeyCheckError::WrongKey(key_id.clone()));
-        }
-    }
+    let stored = stored_checks(db).await?;
+    check_configured_keys(keys, &stored)?;
     let in_use = key_ids_in_use(db).await?;
     let missing: Vec<String> = in_use
         .into_iter()
@@ -57,6 +50,7 @@ pub async fn verify_key_ring(
     if !missing.is_empty() {
         return Err(KeyCheckError::MissingKeys(missing.join(", ")));
     }
+    let mut inserted_any = false;
     for key_id in keys.key_ids() {
         if !stored.iter().any(|(id, _)| id == key_id) {
             if let Ok(sealed) = keys.seal_with_key_id(key_id, context(key_id), CHECK_PLAINTEXT) {
@@ -69,7 +63,31 @@ pub async fn verify_key_ring(
                 .bind(now)
                 .execute(db)
                 .await?;
+                inserted_any = true;
             }
+        }
+    }
+    if inserted_any {
+        // Another instance starting at the same moment with another key of
+        // the same id may have inserted first: what is stored now decides.
+        check_configured_keys(keys, &stored_checks(db).await?)?;
+    }
+    Ok(())
+}
+
+async fn stored_checks(db: &PgPool) -> Result<Vec<(String, Vec<u8>)>, sqlx::Error> {
+    sqlx::query_as("select key_id, check_sealed from encryption_key_check")
+        .fetch_all(db)
+        .await
+}
+
+fn check_configured_keys(
+    keys: &KeyRing,
+    stored: &[(String, Vec<u8>)],
+) -> Result<(), KeyCheckError> {
+    for (key_id, sealed) in stored {
+        if keys.has_key(key_id) && keys.open(context(key_id), sealed).is_err() {
+            return Err(KeyCheckError::WrongKey(key_id.clone()));
         }
     }
     Ok(())

@@ -4,24 +4,17 @@ use sqlx::PgExecutor;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LoginKind {
-    Tenant,
-    Ops,
-}
-
-impl LoginKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            LoginKind::Tenant => "tenant",
-            LoginKind::Ops => "ops",
-        }
+crate::domain::text_enum! {
+    /// Whom a login link signs in: a tenant's user, or an operator.
+    pub enum LoginKind ("login kind (tenant or ops)") {
+        Tenant => "tenant",
+        Ops => "ops",
     }
 }
 
 #[derive(Debug, sqlx::FromRow)]
 pub struct LoginToken {
-    pub kind: String,
+    pub kind: LoginKind,
     pub tenant_id: Option<Uuid>,
     pub user_id: String,
     pub email: Option<String>,
@@ -50,7 +43,7 @@ pub async fn insert_login_token(
          values ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(token.token_hash)
-    .bind(token.kind.as_str())
+    .bind(token.kind)
     .bind(token.tenant_id)
     .bind(token.user_id)
     .bind(token.email)

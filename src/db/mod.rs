@@ -5,10 +5,12 @@
 //! building needs no database; every query is exercised by the test suite.
 
 pub mod api_keys;
+pub mod app_state;
 pub mod audit;
 pub mod connections;
 pub mod key_checks;
 pub mod login_tokens;
+pub mod notify;
 pub mod oauth_states;
 pub mod sessions;
 pub mod tenants;
@@ -21,6 +23,15 @@ use std::str::FromStr;
 use std::time::Duration;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
+
+/// A request waits at most this long for a pooled connection: with
+/// PostgreSQL down, requests fail fast (503) instead of piling up.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+/// No statement runs longer (PostgreSQL's `statement_timeout` on every pooled
+/// connection): every query sp-broker makes is small, and bounded writes are
+/// what make the refresh lease provably long enough (`broker/lease.rs`).
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const POOL_SIZE: u32 = 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbSetupError {
@@ -50,9 +61,13 @@ pub async fn connect(database_url: &str) -> Result<PgPool, DbSetupError> {
             }
         }
     }
+    let options = options.options([(
+        "statement_timeout",
+        format!("{}ms", STATEMENT_TIMEOUT.as_millis()),
+    )]);
     PgPoolOptions::new()
-        .max_connections(20)
-        .acquire_timeout(Duration::from_secs(2))
+        .max_connections(POOL_SIZE)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect_with(options)
         .await
         .map_err(DbSetupError::Unreachable)

@@ -1,6 +1,7 @@
 //! Pending authorizations, keyed by the hash of their `state` value, bound to the
 //! browser session that started them. Consumed atomically on first use.
 
+use crate::amazon::marketplaces::{AccountType, Region};
 use sqlx::PgExecutor;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -11,8 +12,8 @@ pub struct PendingAuthorization {
     pub user_id: String,
     pub flow: String,
     pub marketplace_id: String,
-    pub account_type: String,
-    pub region: String,
+    pub account_type: AccountType,
+    pub region: Region,
     pub redirect_uri: String,
     pub reconnect_connection_id: Option<Uuid>,
     pub expected_selling_partner_id: Option<String>,
@@ -26,8 +27,8 @@ pub struct NewPendingAuthorization<'a> {
     pub user_id: &'a str,
     pub flow: &'a str,
     pub marketplace_id: &'a str,
-    pub account_type: &'a str,
-    pub region: &'a str,
+    pub account_type: AccountType,
+    pub region: Region,
     pub redirect_uri: &'a str,
     pub reconnect_connection_id: Option<Uuid>,
     pub expected_selling_partner_id: Option<&'a str>,

@@ -3,10 +3,13 @@
 //! or an `Authorization` header), health and readiness.
 
 pub mod api;
+pub mod metrics;
 pub mod oauth;
 pub mod pages;
+mod state;
 
-use crate::app::AppState;
+pub use state::AppState;
+
 use crate::config::Config;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
@@ -120,7 +123,7 @@ async fn stylesheet() -> impl IntoResponse {
     )
 }
 
-pub fn router(state: AppState) -> Router {
+pub fn router(state: AppState, sandbox: Option<std::sync::Arc<crate::sandbox::Sandbox>>) -> Router {
     let sessions =
         SessionManagerLayer::new(crate::db::sessions::PgSessionStore::new(state.db.clone()))
             .with_name(SESSION_COOKIE)
@@ -148,6 +151,7 @@ pub fn router(state: AppState) -> Router {
         .route("/oauth/amazon/callback", get(oauth::callback))
         .route("/oauth/amazon/login", get(oauth::login_uri))
         .route("/ops", get(pages::ops::ops_page))
+        .route("/ops/fuse/clear", post(pages::ops::clear_fuse_post))
         .layer(sessions);
 
     let mut router = Router::new()
@@ -155,10 +159,10 @@ pub fn router(state: AppState) -> Router {
         .merge(api::router())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(crate::metrics::metrics_handler))
+        .route("/metrics", get(metrics::metrics_handler))
         .route("/static/app.css", get(stylesheet));
-    if state.config.is_sandbox() {
-        router = router.nest("/sandbox", crate::sandbox::router());
+    if let Some(sandbox) = sandbox {
+        router = router.nest("/sandbox", crate::sandbox::router(sandbox));
     }
     router
         .fallback(pages::not_found)

@@ -5,12 +5,12 @@
 use crate::amazon::consent;
 use crate::amazon::lwa::LwaError;
 use crate::amazon::marketplaces::{self, AccountType};
-use crate::app::AppState;
 use crate::authorization::{self, Begin, Callback, CompleteError, Flow, Outcome};
 use crate::db::oauth_states::StateProblem;
-use crate::db::{connections, tenants};
+use crate::db::tenants;
 use crate::http::pages::connections::{connection_not_found, CsrfForm};
 use crate::http::pages::{current_auth, set_flash, PageError, SignedIn};
+use crate::http::AppState;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -84,16 +84,15 @@ pub async fn reconnect_post(
 ) -> Result<Response, PageError> {
     signed_in.check_form(&state, &headers, &form.csrf_token)?;
     let id = Uuid::parse_str(&id).map_err(|_| connection_not_found())?;
-    let connection = connections::find_for_tenant(&state.db, signed_in.tenant_id, id)
+    let connection = state
+        .connections
+        .find_for_tenant(signed_in.tenant_id, id)
         .await?
         .ok_or_else(connection_not_found)?;
     let marketplace = marketplaces::find(&connection.marketplace_id)
         .or_else(|| marketplaces::find(marketplaces::DEFAULT_MARKETPLACE_ID))
         .ok_or_else(connection_not_found)?;
-    let account_type = connection
-        .account_type
-        .parse()
-        .unwrap_or(AccountType::Seller);
+    let account_type = connection.account_type;
     start(
         &state,
         &signed_in,
@@ -113,9 +112,9 @@ async fn start(
     flow: Flow,
     expected_selling_partner_id: Option<&str>,
 ) -> Result<Response, PageError> {
-    let oauth_state = authorization::begin(
-        state,
-        Begin {
+    let oauth_state = state
+        .authorizer
+        .begin(Begin {
             tenant_id: signed_in.tenant_id,
             user_id: &signed_in.auth.user_id,
             session_binding: &signed_in.auth.binding_hash(),
@@ -123,9 +122,8 @@ async fn start(
             account_type,
             flow,
             expected_selling_partner_id,
-        },
-    )
-    .await?;
+        })
+        .await?;
     let url = consent::consent_url(
         &state.config,
         marketplace,
@@ -193,16 +191,15 @@ pub async fn callback(
     };
     let auth = current_auth(&state, &session).await?;
     let binding = auth.as_ref().map(|a| a.binding_hash());
-    let result = authorization::complete(
-        &state,
-        Callback {
+    let result = state
+        .authorizer
+        .complete(Callback {
             oauth_state,
             session_binding: binding.as_deref(),
             selling_partner_id,
             code: SecretString::from(code.to_owned()),
-        },
-    )
-    .await;
+        })
+        .await;
     let outcome = match result {
         Ok((outcome, _)) => outcome,
         Err(CompleteError::State(problem)) => {
@@ -304,9 +301,9 @@ pub async fn login_uri(
             .as_deref()
             .unwrap_or(marketplaces::DEFAULT_MARKETPLACE_ID),
     );
-    let oauth_state = authorization::begin(
-        &state,
-        Begin {
+    let oauth_state = state
+        .authorizer
+        .begin(Begin {
             tenant_id,
             user_id: &auth.user_id,
             session_binding: &auth.binding_hash(),
@@ -314,9 +311,8 @@ pub async fn login_uri(
             account_type,
             flow: Flow::LoginUri,
             expected_selling_partner_id: expected,
-        },
-    )
-    .await?;
+        })
+        .await?;
     let mut target = callback_uri;
     {
         let mut query = target.query_pairs_mut();

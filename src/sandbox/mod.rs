@@ -8,7 +8,8 @@
 
 pub mod token;
 
-use crate::app::AppState;
+use crate::clock::Clock;
+use crate::config::Config;
 use crate::http::pages::{render, PageError};
 use crate::secrets;
 use askama::Template;
@@ -29,7 +30,38 @@ pub const ACCESS_TOKEN_LIFETIME: Duration = Duration::hours(1);
 /// from the sandbox reaches the same connection.
 pub const DEMO_SELLING_PARTNER_ID: &str = "A1SANDBOXSELLER";
 
-pub fn router() -> Router<AppState> {
+/// The simulated Amazon's own handles: its database tables, its clock, and
+/// the one app it knows (sp-broker's identifiers and redirect URI).
+pub struct Sandbox {
+    db: sqlx::PgPool,
+    clock: std::sync::Arc<dyn Clock>,
+    app_id: String,
+    client_id: String,
+    client_secrets: Vec<secrecy::SecretString>,
+    redirect_uri: String,
+}
+
+impl Sandbox {
+    pub fn new(db: sqlx::PgPool, clock: std::sync::Arc<dyn Clock>, config: &Config) -> Self {
+        Sandbox {
+            db,
+            clock,
+            app_id: config.app_id.clone(),
+            client_id: config.lwa_client_id.clone(),
+            client_secrets: config.lwa_client_secrets.clone(),
+            redirect_uri: config.redirect_uri(),
+        }
+    }
+
+    fn now(&self) -> OffsetDateTime {
+        self.clock.now()
+    }
+}
+
+type SandboxState = State<std::sync::Arc<Sandbox>>;
+
+/// The sandbox's routes, to be nested under `/sandbox`.
+pub fn router<S>(sandbox: std::sync::Arc<Sandbox>) -> Router<S> {
     Router::new()
         .route("/", get(home))
         .route("/apps/authorize/consent", get(consent_page))
@@ -45,6 +77,7 @@ pub fn router() -> Router<AppState> {
             post(restricted_data_token),
         )
         .route("/revoke", post(revoke))
+        .with_state(sandbox)
 }
 
 #[derive(Template)]
@@ -68,12 +101,11 @@ fn amazon_error(code: &str, message: &str) -> PageError {
 /// Where Amazon would send the seller after Confirm: the state and
 /// redirect URI to carry. The Login URI flow arrives with `amazon_state`.
 fn consent_target<'a>(
-    state: &AppState,
+    state: &Sandbox,
     params: &'a HashMap<String, String>,
 ) -> Result<(&'a str, &'a str), PageError> {
     let get = |k: &str| params.get(k).map(String::as_str).filter(|v| !v.is_empty());
-    if get("amazon_state").is_none() && get("application_id") != Some(state.config.app_id.as_str())
-    {
+    if get("amazon_state").is_none() && get("application_id") != Some(state.app_id.as_str()) {
         return Err(amazon_error(
             "MD1000",
             "The application id is missing or not a registered application.",
@@ -81,7 +113,7 @@ fn consent_target<'a>(
     }
     let redirect_uri = get("redirect_uri").unwrap_or_default();
     // The only registered redirect URI is sp-broker's own callback.
-    if !redirect_uri.is_empty() && redirect_uri != state.config.redirect_uri() {
+    if !redirect_uri.is_empty() && redirect_uri != state.redirect_uri {
         return Err(amazon_error(
             "MD5101",
             "The redirect_uri is not one of the application's registered redirect URIs.",
@@ -94,7 +126,7 @@ fn consent_target<'a>(
 
 /// `GET /sandbox/apps/authorize/consent`
 async fn consent_page(
-    State(state): State<AppState>,
+    State(state): SandboxState,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, PageError> {
     let (oauth_state, redirect_uri) = consent_target(&state, &params)?;
@@ -105,7 +137,7 @@ async fn consent_page(
         .unwrap_or(DEMO_SELLING_PARTNER_ID);
     render(&ConsentPage {
         app_name: "your sp-broker app",
-        application_id: &state.config.app_id,
+        application_id: &state.app_id,
         redirect_uri: if redirect_uri.is_empty() {
             ""
         } else {
@@ -142,7 +174,7 @@ fn refuse_cross_site(headers: &HeaderMap) -> Result<(), PageError> {
 }
 
 async fn confirm(
-    State(state): State<AppState>,
+    State(state): SandboxState,
     headers: HeaderMap,
     Form(form): Form<ConfirmForm>,
 ) -> Result<Response, PageError> {
@@ -158,11 +190,11 @@ async fn confirm(
         return Err(amazon_error("MD9100", "The state parameter is missing."));
     }
     let redirect_uri = if form.redirect_uri.is_empty() {
-        state.config.redirect_uri()
+        state.redirect_uri.clone()
     } else {
         form.redirect_uri.clone()
     };
-    if redirect_uri != state.config.redirect_uri() {
+    if redirect_uri != state.redirect_uri {
         return Err(amazon_error(
             "MD5101",
             "The redirect_uri is not one of the application's registered redirect URIs.",
@@ -175,7 +207,7 @@ async fn confirm(
     )
     .bind(secrets::sha256(&code))
     .bind(spid)
-    .bind(&state.config.lwa_client_id)
+    .bind(&state.client_id)
     .bind(&redirect_uri)
     .bind(state.now() + CODE_LIFETIME)
     .execute(&state.db)
@@ -219,7 +251,7 @@ struct SellerRow {
     revoked: i64,
 }
 
-async fn sellers(state: &AppState) -> Result<Vec<SellerRow>, sqlx::Error> {
+async fn sellers(state: &Sandbox) -> Result<Vec<SellerRow>, sqlx::Error> {
     sqlx::query_as(
         "select selling_partner_id, count(*) as grants, count(revoked_at) as revoked
          from sandbox_grant group by selling_partner_id order by selling_partner_id",
@@ -229,7 +261,7 @@ async fn sellers(state: &AppState) -> Result<Vec<SellerRow>, sqlx::Error> {
 }
 
 /// `GET /sandbox`: the sandbox sellers, with a control to revoke each.
-async fn home(State(state): State<AppState>) -> Result<Response, PageError> {
+async fn home(State(state): SandboxState) -> Result<Response, PageError> {
     render(&HomePage {
         message: None,
         sellers: sellers(&state).await?,
@@ -245,12 +277,12 @@ struct RevokeForm {
 /// `POST /sandbox/revoke`: the seller revokes the app (Manage Your Apps).
 /// Every refresh token of that seller answers `invalid_grant` from now on.
 async fn revoke(
-    State(state): State<AppState>,
+    State(state): SandboxState,
     headers: HeaderMap,
     Form(form): Form<RevokeForm>,
 ) -> Result<Response, PageError> {
     refuse_cross_site(&headers)?;
-    let revoked = revoke_seller(&state, &form.selling_partner_id, state.now()).await?;
+    let revoked = state.revoke_seller(&form.selling_partner_id).await?;
     let message = format!(
         "Revoked {revoked} authorization(s) of {}.",
         form.selling_partner_id
@@ -261,17 +293,16 @@ async fn revoke(
     })
 }
 
-pub async fn revoke_seller(
-    state: &AppState,
-    selling_partner_id: &str,
-    now: OffsetDateTime,
-) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query("update sandbox_grant set revoked_at = $2 where selling_partner_id = $1 and revoked_at is null")
-        .bind(selling_partner_id)
-        .bind(now)
-        .execute(&state.db)
-        .await?
-        .rows_affected())
+impl Sandbox {
+    /// The seller revokes every authorization of the app (Manage Your Apps).
+    pub async fn revoke_seller(&self, selling_partner_id: &str) -> Result<u64, sqlx::Error> {
+        Ok(sqlx::query("update sandbox_grant set revoked_at = $2 where selling_partner_id = $1 and revoked_at is null")
+            .bind(selling_partner_id)
+            .bind(self.now())
+            .execute(&self.db)
+            .await?
+            .rows_affected())
+    }
 }
 
 /// SP-API's answer to a missing, expired or unknown access token.
@@ -289,7 +320,7 @@ pub fn spapi_unauthorized(details: &str) -> Response {
 
 /// Checks `x-amz-access-token`; returns the seller it was issued for.
 pub async fn seller_of_access_token(
-    state: &AppState,
+    state: &Sandbox,
     headers: &HeaderMap,
 ) -> Result<Option<String>, Response> {
     let Some(token) = headers
@@ -319,7 +350,7 @@ pub async fn seller_of_access_token(
 }
 
 /// `GET /sandbox/sellers/v1/marketplaceParticipations`
-async fn marketplace_participations(State(state): State<AppState>, headers: HeaderMap) -> Response {
+async fn marketplace_participations(State(state): SandboxState, headers: HeaderMap) -> Response {
     let seller = match seller_of_access_token(&state, &headers).await {
         Ok(Some(seller)) => seller,
         Ok(None) => {
@@ -352,7 +383,7 @@ async fn marketplace_participations(State(state): State<AppState>, headers: Head
 
 /// `POST /sandbox/tokens/2021-03-01/restrictedDataToken`
 async fn restricted_data_token(
-    State(state): State<AppState>,
+    State(state): SandboxState,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {

@@ -2,8 +2,7 @@
 //! `refresh_token` (refused with `invalid_grant` once revoked) and
 //! `client_credentials`, with Amazon's error shapes.
 
-use super::{ACCESS_TOKEN_LIFETIME, CODE_LIFETIME};
-use crate::app::AppState;
+use super::{Sandbox, SandboxState, ACCESS_TOKEN_LIFETIME, CODE_LIFETIME};
 use crate::secrets;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -14,7 +13,7 @@ use secrecy::ExposeSecret;
 use serde_json::json;
 use std::collections::HashMap;
 
-use crate::amazon::lwa::GRANTLESS_SCOPES;
+use crate::amazon::lwa::GrantlessScope;
 
 fn lwa_error(status: StatusCode, error: &str, description: &str) -> Response {
     (
@@ -44,7 +43,7 @@ fn internal() -> Response {
 
 /// `POST /sandbox/auth/o2/token`, form-encoded (or JSON, as Amazon accepts).
 pub async fn token_endpoint(
-    State(state): State<AppState>,
+    State(state): SandboxState,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -85,11 +84,10 @@ pub async fn token_endpoint(
         );
     };
     let secret_ok = state
-        .config
-        .lwa_client_secrets
+        .client_secrets
         .iter()
         .any(|s| secrets::constant_time_eq(s.expose_secret(), client_secret));
-    if client_id != state.config.lwa_client_id || !secret_ok {
+    if client_id != state.client_id || !secret_ok {
         return lwa_error(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
@@ -117,7 +115,7 @@ pub async fn token_endpoint(
 }
 
 async fn issue_access_token(
-    state: &AppState,
+    state: &Sandbox,
     seller: Option<&str>,
     scope: Option<&str>,
 ) -> Result<String, sqlx::Error> {
@@ -137,7 +135,7 @@ fn token_answer(body: serde_json::Value) -> Response {
 }
 
 async fn authorization_code(
-    state: &AppState,
+    state: &Sandbox,
     code: Option<&str>,
     redirect_uri: Option<&str>,
     client_id: &str,
@@ -197,7 +195,7 @@ async fn authorization_code(
     }
 }
 
-async fn refresh(state: &AppState, refresh_token: Option<&str>, client_id: &str) -> Response {
+async fn refresh(state: &Sandbox, refresh_token: Option<&str>, client_id: &str) -> Response {
     let Some(refresh_token) = refresh_token else {
         return lwa_error(
             StatusCode::BAD_REQUEST,
@@ -228,8 +226,8 @@ async fn refresh(state: &AppState, refresh_token: Option<&str>, client_id: &str)
     }
 }
 
-async fn client_credentials(state: &AppState, scope: Option<&str>) -> Response {
-    let Some(scope) = scope.filter(|s| GRANTLESS_SCOPES.contains(s)) else {
+async fn client_credentials(state: &Sandbox, scope: Option<&str>) -> Response {
+    let Some(scope) = scope.filter(|s| s.parse::<GrantlessScope>().is_ok()) else {
         return lwa_error(
             StatusCode::BAD_REQUEST,
             "invalid_scope",

@@ -1,11 +1,14 @@
-//! `/v1/tenants/{slug}/connections`, `/v1/connections/{id}`.
+//! `/v1/tenants/{slug}/connections`, `/v1/connections/{id}`, and the
+//! Connection as the API shows it (CONTRACT §3). Never a token.
 
 use super::{ApiError, Caller};
+use crate::amazon::marketplaces::{AccountType, Region};
 use crate::api_keys::Scope;
-use crate::app::AppState;
-use crate::connections::ConnectionJson;
-use crate::db::audit::{self, AuditTarget};
-use crate::db::{connections, tenants};
+use crate::connections::Connections;
+use crate::db::connections::ConnectionRow;
+use crate::db::tenants::Tenant;
+use crate::domain::{ConnectionStatus, Health};
+use crate::tenants::Tenants;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -13,12 +16,89 @@ use axum::Json;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 200;
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct LastError {
+    pub code: String,
+    pub message: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+/// A connection as the API returns it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ConnectionJson {
+    pub id: Uuid,
+    /// The tenant's slug.
+    pub tenant: String,
+    pub selling_partner_id: String,
+    pub account_type: AccountType,
+    pub region: Region,
+    pub marketplace_id: String,
+    pub store_name: Option<String>,
+    pub marketplace_ids: Option<Vec<String>>,
+    pub status: ConnectionStatus,
+    pub status_reason: Option<String>,
+    pub health: Health,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub authorized_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub authorization_expires_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_refresh_at: Option<OffsetDateTime>,
+    pub last_error: Option<LastError>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+impl ConnectionJson {
+    pub fn new(row: ConnectionRow, tenant_slug: &str) -> Self {
+        let last_error = match (
+            row.last_error_code,
+            row.last_error_message,
+            row.last_error_at,
+        ) {
+            (Some(code), Some(message), Some(at)) => Some(LastError {
+                code,
+                message,
+                at: utc(at),
+            }),
+            _ => None,
+        };
+        ConnectionJson {
+            id: row.id,
+            tenant: tenant_slug.to_owned(),
+            selling_partner_id: row.selling_partner_id,
+            account_type: row.account_type,
+            region: row.region,
+            marketplace_id: row.marketplace_id,
+            store_name: row.store_name,
+            marketplace_ids: row.marketplace_ids,
+            status: row.status,
+            status_reason: row.status_reason,
+            health: row.health,
+            authorized_at: row.authorized_at.map(utc),
+            authorization_expires_at: row.authorization_expires_at.map(utc),
+            last_refresh_at: row.last_refresh_at.map(utc),
+            last_error,
+            created_at: utc(row.created_at),
+            updated_at: utc(row.updated_at),
+        }
+    }
+}
+
+fn utc(at: OffsetDateTime) -> OffsetDateTime {
+    at.to_offset(time::UtcOffset::UTC)
+}
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -52,11 +132,11 @@ fn decode_cursor(cursor: &str) -> Option<(OffsetDateTime, Uuid)> {
 
 /// The tenant named in the path, if this key may see it (else 404 `tenant_not_found`).
 pub async fn visible_tenant(
-    state: &AppState,
+    tenants: &Tenants,
     caller: &Caller,
     slug: &str,
-) -> Result<tenants::Tenant, ApiError> {
-    match tenants::find_tenant_by_slug(&state.db, slug).await? {
+) -> Result<Tenant, ApiError> {
+    match tenants.find_by_slug(slug).await? {
         Some(t) if caller.0.can_see_tenant(t.id) => Ok(t),
         _ => Err(ApiError::tenant_not_found()),
     }
@@ -68,7 +148,8 @@ pub async fn visible_tenant(
     responses((status = 200, body = ConnectionPage), (status = 404, description = "tenant_not_found"), (status = 422, description = "invalid_request")),
     security(("api_key" = ["connections:read"])))]
 pub async fn list_connections(
-    State(state): State<AppState>,
+    State(connections): State<Arc<Connections>>,
+    State(tenants): State<Arc<Tenants>>,
     caller: Caller,
     Path(slug): Path<String>,
     Query(query): Query<ListQuery>,
@@ -84,12 +165,9 @@ pub async fn list_connections(
     };
     let status = match query.status.as_deref().filter(|s| !s.is_empty()) {
         None => None,
-        Some(s @ ("active" | "needs_reauth" | "disconnected")) => Some(s),
-        Some(_) => {
-            return Err(ApiError::invalid_request(
-                "`status` must be active, needs_reauth or disconnected",
-            ))
-        }
+        Some(s) => Some(s.parse::<ConnectionStatus>().map_err(|_| {
+            ApiError::invalid_request("`status` must be active, needs_reauth or disconnected")
+        })?),
     };
     let after =
         match query.cursor.as_deref().filter(|c| !c.is_empty()) {
@@ -98,45 +176,37 @@ pub async fn list_connections(
                 ApiError::invalid_request("`cursor` is not a cursor this API gave")
             })?),
         };
-    let tenant = visible_tenant(&state, &caller, &slug).await?;
+    let tenant = visible_tenant(&tenants, &caller, &slug).await?;
     let spid = query
         .selling_partner_id
         .as_deref()
         .filter(|s| !s.is_empty());
-    let mut rows =
-        connections::list_page(&state.db, tenant.id, status, spid, after, limit + 1).await?;
-    let next_cursor = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(|r| encode_cursor(r.created_at, r.id))
-    } else {
-        None
-    };
-    let now = state.now();
+    let page = connections
+        .page(tenant.id, status, spid, after, limit)
+        .await?;
     Ok(Json(ConnectionPage {
-        items: rows
+        items: page
+            .rows
             .into_iter()
-            .map(|r| ConnectionJson::new(r, &tenant.slug, now))
+            .map(|r| ConnectionJson::new(r, &tenant.slug))
             .collect(),
-        next_cursor,
+        next_cursor: page.next.map(|(at, id)| encode_cursor(at, id)),
     }))
 }
 
 /// The connection, if this key may see it; else 404 (another tenant's
 /// connection looks exactly like a missing one).
 async fn visible_connection(
-    state: &AppState,
+    connections: &Connections,
     caller: &Caller,
     id: &str,
-) -> Result<(connections::ConnectionRow, tenants::Tenant), ApiError> {
+) -> Result<(ConnectionRow, Tenant), ApiError> {
     let id = Uuid::parse_str(id).map_err(|_| ApiError::connection_not_found())?;
-    let row = connections::find(&state.db, id)
+    connections
+        .find(id)
         .await?
-        .filter(|r| caller.0.can_see_tenant(r.tenant_id))
-        .ok_or_else(ApiError::connection_not_found)?;
-    let tenant = tenants::find_tenant(&state.db, row.tenant_id)
-        .await?
-        .ok_or_else(ApiError::connection_not_found)?;
-    Ok((row, tenant))
+        .filter(|(row, _)| caller.0.can_see_tenant(row.tenant_id))
+        .ok_or_else(ApiError::connection_not_found)
 }
 
 /// One connection. Scope: `connections:read`.
@@ -145,13 +215,13 @@ async fn visible_connection(
     responses((status = 200, body = ConnectionJson), (status = 404, description = "connection_not_found")),
     security(("api_key" = ["connections:read"])))]
 pub async fn get_connection(
-    State(state): State<AppState>,
+    State(connections): State<Arc<Connections>>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<ConnectionJson>, ApiError> {
     caller.require(Scope::ConnectionsRead)?;
-    let (row, tenant) = visible_connection(&state, &caller, &id).await?;
-    Ok(Json(ConnectionJson::new(row, &tenant.slug, state.now())))
+    let (row, tenant) = visible_connection(&connections, &caller, &id).await?;
+    Ok(Json(ConnectionJson::new(row, &tenant.slug)))
 }
 
 /// Erases the stored tokens; status becomes `disconnected`. Scope: `connections:manage`.
@@ -160,31 +230,16 @@ pub async fn get_connection(
     responses((status = 204), (status = 404, description = "connection_not_found")),
     security(("api_key" = ["connections:manage"])))]
 pub async fn delete_connection(
-    State(state): State<AppState>,
+    State(connections): State<Arc<Connections>>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     caller.require(Scope::ConnectionsManage)?;
-    let (row, _) = visible_connection(&state, &caller, &id).await?;
-    let now = state.now();
-    let mut tx = state.db.begin().await?;
-    connections::disconnect(&mut *tx, row.tenant_id, row.id, now).await?;
-    audit::record(
-        &mut *tx,
-        now,
-        &caller.0.actor(),
-        "connection.disconnected",
-        AuditTarget {
-            tenant_id: Some(row.tenant_id),
-            connection_id: Some(row.id),
-        },
-        serde_json::json!({ "previous_status": row.status }),
-    )
-    .await?;
-    connections::notify_changed(&mut *tx, row.id).await?;
-    tx.commit().await?;
-    state.broker.forget(row.id);
-    tracing::info!(connection = %row.id, "connection disconnected through the API; stored tokens erased");
+    let (row, _) = visible_connection(&connections, &caller, &id).await?;
+    connections
+        .disconnect(row.tenant_id, row.id, &caller.0.actor())
+        .await?
+        .ok_or_else(ApiError::connection_not_found)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -9,8 +9,9 @@ pub mod tenants;
 pub mod tokens;
 
 use crate::api_keys::{ApiPrincipal, AuthError, Scope};
-use crate::app::AppState;
+use crate::domain::InvalidInput;
 use crate::error::Error;
+use crate::http::AppState;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
@@ -138,6 +139,12 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+impl From<InvalidInput> for ApiError {
+    fn from(invalid: InvalidInput) -> Self {
+        ApiError::invalid_request(invalid.to_string())
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let problem = *self.0;
@@ -200,11 +207,7 @@ impl FromRequestParts<AppState> for Caller {
             })
             .map(str::trim)
             .ok_or_else(ApiError::unauthenticated)?;
-        match state
-            .api_keys
-            .verify(&state.db, presented, state.clock.as_ref())
-            .await
-        {
+        match state.api_keys.verify(presented).await {
             Ok(principal) => Ok(Caller(principal)),
             Err(AuthError::Unauthenticated) => {
                 tracing::info!("API request refused: missing, unknown or revoked key");

@@ -1,8 +1,9 @@
 //! `GET /openapi.json`: the OpenAPI 3.1 document, generated from the handlers'
 //! annotations (utoipa), so it cannot drift from the code.
 
+use super::connections::{ConnectionJson, LastError};
 use super::{connections, ops, tenants, tokens};
-use crate::connections::{ConnectionJson, Health, LastError};
+use crate::domain::Health;
 use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};

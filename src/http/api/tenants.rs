@@ -2,16 +2,16 @@
 
 use super::connections::visible_tenant;
 use super::{parse_body, ApiBody, ApiError, Caller};
-use crate::amazon::consent;
 use crate::api_keys::Scope;
-use crate::app::AppState;
 use crate::db::login_tokens::LoginKind;
-use crate::db::{self, tenants};
-use crate::http::pages;
+use crate::db::tenants;
+use crate::login_links::{LinkRequest, LoginLinkError, LoginLinks};
+use crate::tenants::{CreateTenantError, Tenants};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 
@@ -41,8 +41,10 @@ pub struct TenantList {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
-    /// `^[a-z0-9][a-z0-9-]{1,62}$`
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{1,62}$")]
     pub slug: String,
+    /// Defaults to the slug; no control characters.
+    #[schema(max_length = 200)]
     pub name: Option<String>,
 }
 
@@ -50,11 +52,12 @@ pub struct CreateTenant {
 #[utoipa::path(get, path = "/v1/tenants", tag = "tenants",
     responses((status = 200, body = TenantList)), security(("api_key" = ["tenants:admin"])))]
 pub async fn list_tenants(
-    State(state): State<AppState>,
+    State(tenants): State<Arc<Tenants>>,
     caller: Caller,
 ) -> Result<Json<TenantList>, ApiError> {
     caller.require(Scope::TenantsAdmin)?;
-    let items = tenants::list_tenants(&state.db)
+    let items = tenants
+        .list()
         .await?
         .into_iter()
         .map(TenantJson::from)
@@ -67,48 +70,35 @@ pub async fn list_tenants(
     responses((status = 201, body = TenantJson), (status = 409, description = "tenant_exists"), (status = 422, description = "invalid_request")),
     security(("api_key" = ["tenants:admin"])))]
 pub async fn create_tenant(
-    State(state): State<AppState>,
+    State(tenants): State<Arc<Tenants>>,
     caller: Caller,
     ApiBody(body): ApiBody,
 ) -> Result<(StatusCode, Json<TenantJson>), ApiError> {
     caller.require(Scope::TenantsAdmin)?;
     let request: CreateTenant = parse_body(&body)?;
-    if !tenants::is_valid_slug(&request.slug) {
-        return Err(ApiError::invalid_request(
-            "`slug` must match ^[a-z0-9][a-z0-9-]{1,62}$",
-        ));
-    }
-    let name = request
-        .name
-        .as_deref()
-        .map(str::trim)
-        .filter(|n| !n.is_empty())
-        .unwrap_or(&request.slug);
-    if name.len() > 200 {
-        return Err(ApiError::invalid_request(
-            "`name` must be at most 200 characters",
-        ));
-    }
-    match tenants::insert_tenant(&state.db, &request.slug, name, state.now()).await {
+    match tenants.create(&request.slug, request.name.as_deref()).await {
         Ok(t) => {
-            tracing::info!(tenant = %t.slug, actor = %caller.0.actor(), "tenant created");
+            tracing::info!(tenant = %t.slug, actor = %caller.0.actor(), "tenant created through the API");
             Ok((StatusCode::CREATED, Json(t.into())))
         }
-        Err(e) if db::is_unique_violation(&e) => Err(ApiError::new(
+        Err(CreateTenantError::Invalid(invalid)) => Err(invalid.into()),
+        Err(CreateTenantError::Exists) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "tenant_exists",
             "Tenant exists",
             "A tenant with this slug already exists.",
         )),
-        Err(e) => Err(e.into()),
+        Err(CreateTenantError::Database(e)) => Err(e.into()),
     }
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateLoginLink {
-    /// The embedding app's id for the signed-in user.
+    /// The embedding app's id for the signed-in user; no control characters.
+    #[schema(max_length = 200)]
     pub user_id: String,
+    #[schema(max_length = 320)]
     pub email: Option<String>,
     /// A path on this broker to land on (e.g. the Login URI with its query).
     pub return_to: Option<String>,
@@ -128,43 +118,33 @@ pub struct LoginLink {
     responses((status = 201, body = LoginLink), (status = 404, description = "tenant_not_found"), (status = 422, description = "invalid_request")),
     security(("api_key" = ["connections:manage"])))]
 pub async fn create_login_link(
-    State(state): State<AppState>,
+    State(tenants): State<Arc<Tenants>>,
+    State(login_links): State<Arc<LoginLinks>>,
     caller: Caller,
     Path(slug): Path<String>,
     ApiBody(body): ApiBody,
 ) -> Result<(StatusCode, Json<LoginLink>), ApiError> {
     caller.require(Scope::ConnectionsManage)?;
     let request: CreateLoginLink = parse_body(&body)?;
-    let user_id = request.user_id.trim();
-    if user_id.is_empty() || user_id.len() > 200 {
-        return Err(ApiError::invalid_request(
-            "`user_id` must be 1 to 200 characters",
-        ));
-    }
-    if request
-        .email
-        .as_ref()
-        .is_some_and(|e| e.len() > 320 || !e.contains('@'))
-    {
-        return Err(ApiError::invalid_request("`email` is not an email address"));
-    }
-    let return_to = match request.return_to.as_deref() {
-        None => None,
-        Some(raw) => Some(
-            consent::validate_return_to(&state.config, raw).ok_or_else(|| {
-                ApiError::invalid_request("`return_to` must be a path on this broker (same origin)")
-            })?,
-        ),
-    };
-    let tenant = visible_tenant(&state, &caller, &slug).await?;
-    let (url, expires_at) = pages::create_login_link(
-        &state,
-        LoginKind::Tenant,
-        Some(tenant.id),
-        user_id,
-        request.email.as_deref(),
-        return_to.as_deref(),
-    )
-    .await?;
-    Ok((StatusCode::CREATED, Json(LoginLink { url, expires_at })))
+    let tenant = visible_tenant(&tenants, &caller, &slug).await?;
+    let link = login_links
+        .create(LinkRequest {
+            kind: LoginKind::Tenant,
+            tenant_id: Some(tenant.id),
+            user_id: &request.user_id,
+            email: request.email.as_deref(),
+            return_to: request.return_to.as_deref(),
+        })
+        .await
+        .map_err(|e| match e {
+            LoginLinkError::Invalid(invalid) => ApiError::from(invalid),
+            LoginLinkError::Database(e) => e.into(),
+        })?;
+    Ok((
+        StatusCode::CREATED,
+        Json(LoginLink {
+            url: link.url,
+            expires_at: link.expires_at,
+        }),
+    ))
 }

@@ -1,47 +1,95 @@
 //! Access tokens, Restricted Data Tokens and grantless tokens. Every answer
 //! carries `Cache-Control: no-store`.
+//!
+//! The access-token answer is the hot path: it is written straight into its
+//! buffer ([`write_access_token`]), with the parts that never change (each
+//! region's SP-API endpoint, JSON-encoded) prepared once at start, and held
+//! equal to the serde JSON of [`AccessToken`] by a test. Nothing is cached
+//! per token here: the broker holds each token once.
 
 use super::{parse_body, ApiBody, ApiError, Caller};
-use crate::amazon::spapi::{self, RestrictedResource, SpApiError};
+use crate::amazon::lwa::GrantlessScope;
+use crate::amazon::marketplaces::Region;
+use crate::amazon::spapi::{RestrictedResource, SpApi, SpApiError};
 use crate::api_keys::Scope;
-use crate::app::AppState;
-use crate::broker::{IssuedToken, TokenError};
-use crate::error::Error;
+use crate::broker::{IssuedToken, RdtError, TokenBroker, TokenError};
+use crate::clock::Clock;
+use crate::config::Config;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{FromRef, Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use time::{Duration, OffsetDateTime};
 use utoipa::ToSchema;
 use uuid::Uuid;
+
+/// What the token routes use: the broker, SP-API, and the answer's constant parts.
+pub struct TokenRoutes {
+    pub broker: Arc<TokenBroker>,
+    pub spapi: Arc<SpApi>,
+    clock: Arc<dyn Clock>,
+    /// Each region's `spapi_endpoint`, as a JSON string (quotes included).
+    endpoints: [Box<[u8]>; 3],
+    reconnect_url: String,
+}
+
+impl TokenRoutes {
+    pub fn new(
+        broker: Arc<TokenBroker>,
+        spapi: Arc<SpApi>,
+        clock: Arc<dyn Clock>,
+        config: &Config,
+    ) -> Self {
+        let endpoint = |region: Region| {
+            serde_json::to_vec(config.spapi_endpoint(region))
+                .unwrap_or_else(|_| b"\"\"".to_vec())
+                .into_boxed_slice()
+        };
+        TokenRoutes {
+            broker,
+            spapi,
+            clock,
+            endpoints: [
+                endpoint(Region::Na),
+                endpoint(Region::Eu),
+                endpoint(Region::Fe),
+            ],
+            reconnect_url: format!("{}/settings/connections", config.public_url),
+        }
+    }
+
+    fn endpoint_json(&self, region: Region) -> &[u8] {
+        match region {
+            Region::Na => &self.endpoints[0],
+            Region::Eu => &self.endpoints[1],
+            Region::Fe => &self.endpoints[2],
+        }
+    }
+}
+
+impl FromRef<crate::http::AppState> for Arc<TokenRoutes> {
+    fn from_ref(state: &crate::http::AppState) -> Self {
+        Arc::clone(&state.token_routes)
+    }
+}
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AccessTokenRequest {
     /// 0–3000, default 300: a cached token is returned only with at least this many seconds left.
+    #[schema(minimum = 0, maximum = 3000)]
     pub min_ttl_seconds: Option<i64>,
     /// Discard the cached token (Amazon rejected it) and obtain a new one; once per 30 s per connection.
     pub force_refresh: Option<bool>,
 }
 
-/// An LWA access token for one connection.
-#[derive(Debug, Serialize, ToSchema)]
+/// An LWA access token for one connection. (Holds a token: not `Debug`.)
+#[derive(Serialize, ToSchema)]
 pub struct AccessToken<'a> {
-    #[serde(flatten)]
-    pub token: TokenFields<'a>,
-    /// Seconds left when the token was handed out.
-    pub expires_in: i64,
-    /// `amazon_unavailable` when a refresh failed and a still-valid cached token is returned.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub refresh_error: Option<&'static str>,
-}
-
-/// The fields of an [`AccessToken`] that stay the same while a token is cached.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TokenFields<'a> {
     pub access_token: &'a str,
     #[schema(example = "bearer")]
     pub token_type: &'static str,
@@ -49,39 +97,114 @@ pub struct TokenFields<'a> {
     pub expires_at: OffsetDateTime,
     pub connection_id: Uuid,
     pub selling_partner_id: &'a str,
-    pub region: &'static str,
+    pub region: Region,
     /// The SP-API base URL to call for this connection.
     pub spapi_endpoint: &'a str,
+    /// Seconds left when the token was handed out.
+    pub expires_in: i64,
+    /// Set when a refresh failed (`amazon_unavailable`) or the app's
+    /// credentials are held rejected (`app_credentials_rejected`) and a
+    /// still-valid cached token, with at least 60 s left, is returned instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_error: Option<&'static str>,
 }
+
+/// Content type, cache control, the security headers and the request id.
+const RESPONSE_HEADERS: usize = 10;
 
 fn no_store(body: impl Serialize) -> Response {
     ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
 }
 
-/// An [`AccessToken`] answer. Its [`TokenFields`] are encoded once per cached
-/// token (the ~400-byte token is most of the answer) and reused; each answer
-/// adds `expires_in` and `refresh_error`. The result is the JSON of
-/// [`AccessToken`] (tested below).
-fn access_token_response(
-    state: &AppState,
-    connection_id: Uuid,
-    issued: &IssuedToken,
-) -> Result<Response, ApiError> {
-    let prefix = issued
-        .answer_prefix(|issued| {
-            answer_prefix(&TokenFields {
-                access_token: issued.access_token().expose_secret(),
-                token_type: "bearer",
-                expires_at: issued.expires_at().to_offset(time::UtcOffset::UTC),
-                connection_id,
-                selling_partner_id: issued.selling_partner_id(),
-                region: issued.region().as_str(),
-                spapi_endpoint: state.config.spapi_endpoint(issued.region()),
-            })
-        })
-        .map_err(Error::from)?;
-    let body =
-        answer_body(prefix, issued.expires_in(), issued.refresh_error).map_err(Error::from)?;
+/// The JSON of [`AccessToken`] for `issued`, written into `out`.
+fn write_access_token(out: &mut Vec<u8>, issued: &IssuedToken, endpoint_json: &[u8]) {
+    out.extend_from_slice(b"{\"access_token\":");
+    write_json_str(out, issued.access_token());
+    out.extend_from_slice(b",\"token_type\":\"bearer\",\"expires_at\":\"");
+    write_rfc3339(out, issued.expires_at());
+    out.extend_from_slice(b"\",\"connection_id\":\"");
+    let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    out.extend_from_slice(
+        issued
+            .connection_id
+            .hyphenated()
+            .encode_lower(&mut id)
+            .as_bytes(),
+    );
+    out.extend_from_slice(b"\",\"selling_partner_id\":");
+    write_json_str(out, issued.selling_partner_id());
+    out.extend_from_slice(b",\"region\":\"");
+    out.extend_from_slice(issued.region().as_str().as_bytes());
+    out.extend_from_slice(b"\",\"spapi_endpoint\":");
+    out.extend_from_slice(endpoint_json);
+    out.extend_from_slice(b",\"expires_in\":");
+    out.extend_from_slice(itoa::Buffer::new().format(issued.expires_in()).as_bytes());
+    if let Some(reason) = issued.refresh_error {
+        out.extend_from_slice(b",\"refresh_error\":\"");
+        out.extend_from_slice(reason.as_str().as_bytes());
+        out.push(b'"');
+    }
+    out.push(b'}');
+}
+
+/// A JSON string. LWA tokens and selling partner ids never need escaping, so
+/// that is checked in one pass the compiler vectorises; serde does the rest.
+fn write_json_str(out: &mut Vec<u8>, value: &str) {
+    let plain = value
+        .bytes()
+        .all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b != 0x7f);
+    if plain {
+        out.push(b'"');
+        out.extend_from_slice(value.as_bytes());
+        out.push(b'"');
+    } else if serde_json::to_writer(&mut *out, value).is_err() {
+        out.extend_from_slice(b"\"\"");
+    }
+}
+
+/// RFC 3339 in UTC, as `time::serde::rfc3339` writes it (fraction only when
+/// there is one, without trailing zeros).
+fn write_rfc3339(out: &mut Vec<u8>, at: OffsetDateTime) {
+    let at = at.to_offset(time::UtcOffset::UTC);
+    let year = at.year().clamp(0, 9999) as u16;
+    push_two(out, (year / 100) as u8);
+    push_two(out, (year % 100) as u8);
+    out.push(b'-');
+    push_two(out, u8::from(at.month()));
+    out.push(b'-');
+    push_two(out, at.day());
+    out.push(b'T');
+    push_two(out, at.hour());
+    out.push(b':');
+    push_two(out, at.minute());
+    out.push(b':');
+    push_two(out, at.second());
+    let nanos = at.nanosecond();
+    if nanos > 0 {
+        let mut fraction = [b'0'; 9];
+        let mut v = nanos;
+        for slot in fraction.iter_mut().rev() {
+            *slot = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+        let len = fraction
+            .iter()
+            .rposition(|d| *d != b'0')
+            .map_or(0, |i| i + 1);
+        out.push(b'.');
+        out.extend_from_slice(&fraction[..len]);
+    }
+    out.push(b'Z');
+}
+
+fn push_two(out: &mut Vec<u8>, value: u8) {
+    out.push(b'0' + value / 10);
+    out.push(b'0' + value % 10);
+}
+
+fn access_token_response(routes: &TokenRoutes, issued: &IssuedToken) -> Response {
+    let mut body = Vec::with_capacity(issued.access_token().len() + 320);
+    write_access_token(&mut body, issued, routes.endpoint_json(issued.region()));
     let mut response = Response::new(Body::from(body));
     let headers = response.headers_mut();
     // Room for the headers every response gets on the way out, so the map
@@ -92,38 +215,24 @@ fn access_token_response(
         HeaderValue::from_static("application/json"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
+    response
 }
 
-/// Content type, cache control, the security headers and the request id.
-const RESPONSE_HEADERS: usize = 10;
-
-/// `fields` as a JSON object left open for more fields.
-fn answer_prefix(fields: &TokenFields<'_>) -> Result<Box<[u8]>, serde_json::Error> {
-    let mut encoded = serde_json::to_vec(fields)?;
-    // serde_json ends an object with `}`; the answer's own fields follow.
-    encoded.pop();
-    Ok(encoded.into_boxed_slice())
-}
-
-fn answer_body(
-    prefix: &[u8],
-    expires_in: i64,
-    refresh_error: Option<&'static str>,
-) -> Result<Vec<u8>, serde_json::Error> {
-    let mut body = Vec::with_capacity(prefix.len() + 64);
-    body.extend_from_slice(prefix);
-    body.extend_from_slice(b",\"expires_in\":");
-    serde_json::to_writer(&mut body, &expires_in)?;
-    if let Some(reason) = refresh_error {
-        body.extend_from_slice(b",\"refresh_error\":");
-        serde_json::to_writer(&mut body, reason)?;
+/// The contract's code for a token error (problem+json and metrics alike).
+pub fn token_error_code(error: &TokenError) -> &'static str {
+    match error {
+        TokenError::NotFound => "connection_not_found",
+        TokenError::Reauthorization { .. } => "reauthorization_required",
+        TokenError::RateLimited { .. } => "rate_limited",
+        TokenError::AppCredentialsRejected => "app_credentials_rejected",
+        TokenError::AmazonUnavailable { .. } => "amazon_unavailable",
+        TokenError::GrantRefused { .. } => "spapi_refused",
+        TokenError::Internal(_) => "internal_error",
     }
-    body.push(b'}');
-    Ok(body)
 }
 
-pub fn token_error(state: &AppState, error: TokenError) -> ApiError {
+pub fn token_error(reconnect_url: &str, error: TokenError) -> ApiError {
+    crate::metrics::token_refused(token_error_code(&error));
     match error {
         TokenError::NotFound => ApiError::connection_not_found(),
         TokenError::Reauthorization { status, status_reason } => ApiError::new(
@@ -132,9 +241,9 @@ pub fn token_error(state: &AppState, error: TokenError) -> ApiError {
             "Reauthorization required",
             "The seller must reconnect this Amazon account in Settings → Connections.",
         )
-        .with("connection_status", status)
+        .with("connection_status", status.as_str())
         .with("status_reason", status_reason)
-        .with("reconnect_url", format!("{}/settings/connections", state.config.public_url)),
+        .with("reconnect_url", reconnect_url),
         TokenError::RateLimited { retry_after_seconds, detail } => {
             ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "Rate limited", detail).retry_after(retry_after_seconds)
         }
@@ -142,7 +251,7 @@ pub fn token_error(state: &AppState, error: TokenError) -> ApiError {
             StatusCode::BAD_GATEWAY,
             "app_credentials_rejected",
             "App credentials rejected",
-            "Amazon rejected the app's LWA client credentials (every configured secret). The sellers' authorizations are not affected; an operator must fix the app's client secret.",
+            "Amazon rejected the app's LWA client credentials (every configured secret), or refused most sellers' refresh tokens at once. The sellers' authorizations are not affected; an operator must fix the app's configuration.",
         ),
         TokenError::AmazonUnavailable { retry_after_seconds } => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -151,6 +260,12 @@ pub fn token_error(state: &AppState, error: TokenError) -> ApiError {
             "Amazon's token endpoint did not answer usefully and no cached token is good enough.",
         )
         .retry_after(retry_after_seconds),
+        TokenError::GrantRefused { error } => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "spapi_refused",
+            "Amazon refused the grant",
+            format!("Login with Amazon refused this grantless token request ({error}): the app may not be registered for this scope. Nothing else is affected."),
+        ),
         TokenError::Internal(e) => e.into(),
     }
 }
@@ -170,7 +285,7 @@ fn parse_connection_id(id: &str) -> Result<Uuid, ApiError> {
         (status = 502, description = "app_credentials_rejected"), (status = 503, description = "amazon_unavailable")),
     security(("api_key" = ["tokens:issue"])))]
 pub async fn access_token(
-    State(state): State<AppState>,
+    State(routes): State<Arc<TokenRoutes>>,
     caller: Caller,
     Path(id): Path<String>,
     ApiBody(body): ApiBody,
@@ -184,18 +299,18 @@ pub async fn access_token(
         ));
     }
     let connection_id = parse_connection_id(&id)?;
-    let issued = state
+    let issued = routes
         .broker
         .access_token(
-            &state,
             &caller.0,
             connection_id,
             Duration::seconds(min_ttl),
             request.force_refresh.unwrap_or(false),
         )
         .await
-        .map_err(|e| token_error(&state, e))?;
-    access_token_response(&state, connection_id, &issued)
+        .map_err(|e| token_error(&routes.reconnect_url, e))?;
+    crate::metrics::token_issued(issued.source);
+    Ok(access_token_response(&routes, &issued))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -204,6 +319,7 @@ pub struct RestrictedResourceJson {
     /// GET, PUT, POST, DELETE or PATCH.
     pub method: String,
     /// An SP-API path, e.g. `/orders/v0/orders`.
+    #[schema(max_length = 1024)]
     pub path: String,
     pub data_elements: Option<Vec<String>>,
 }
@@ -212,11 +328,13 @@ pub struct RestrictedResourceJson {
 #[serde(deny_unknown_fields)]
 pub struct RdtRequest {
     /// 1 to 50 resources.
+    #[schema(min_items = 1, max_items = 50)]
     pub restricted_resources: Vec<RestrictedResourceJson>,
     pub target_application: Option<String>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+/// A Restricted Data Token. (Holds a token: not `Debug`.)
+#[derive(Serialize, ToSchema)]
 pub struct RdtAnswer {
     pub restricted_data_token: String,
     #[serde(with = "time::serde::rfc3339")]
@@ -237,22 +355,7 @@ fn spapi_error(error: SpApiError) -> ApiError {
     }
 }
 
-/// A Restricted Data Token through the SP-API Tokens API in the connection's
-/// region. Scope: `tokens:issue`.
-#[utoipa::path(post, path = "/v1/connections/{id}/restricted-data-token", tag = "tokens", request_body = RdtRequest,
-    params(("id" = Uuid, Path)),
-    responses((status = 200, body = RdtAnswer), (status = 404, description = "connection_not_found"),
-        (status = 409, description = "reauthorization_required"), (status = 422, description = "invalid_request"),
-        (status = 502, description = "spapi_refused or app_credentials_rejected"), (status = 503, description = "amazon_unavailable")),
-    security(("api_key" = ["tokens:issue"])))]
-pub async fn restricted_data_token(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-    ApiBody(body): ApiBody,
-) -> Result<Response, ApiError> {
-    caller.require(Scope::TokensIssue)?;
-    let request: RdtRequest = parse_body(&body)?;
+fn restricted_resources(request: RdtRequest) -> Result<Vec<RestrictedResource>, ApiError> {
     if request.restricted_resources.is_empty() || request.restricted_resources.len() > 50 {
         return Err(ApiError::invalid_request(
             "`restricted_resources` must hold 1 to 50 resources",
@@ -268,7 +371,7 @@ pub async fn restricted_data_token(
                 "`restricted_resources[{i}].method` must be GET, PUT, POST, DELETE or PATCH"
             )));
         }
-        if !r.path.starts_with('/') || r.path.len() > 1024 {
+        if !r.path.starts_with('/') || r.path.len() > 1024 || r.path.chars().any(char::is_control) {
             return Err(ApiError::invalid_request(format!(
                 "`restricted_resources[{i}].path` must be an SP-API path starting with /"
             )));
@@ -279,90 +382,94 @@ pub async fn restricted_data_token(
             data_elements: r.data_elements,
         });
     }
+    Ok(resources)
+}
+
+/// A Restricted Data Token through the SP-API Tokens API in the connection's
+/// region. Scope: `tokens:issue`.
+#[utoipa::path(post, path = "/v1/connections/{id}/restricted-data-token", tag = "tokens", request_body = RdtRequest,
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = RdtAnswer), (status = 404, description = "connection_not_found"),
+        (status = 409, description = "reauthorization_required"), (status = 422, description = "invalid_request"),
+        (status = 502, description = "spapi_refused or app_credentials_rejected"), (status = 503, description = "amazon_unavailable")),
+    security(("api_key" = ["tokens:issue"])))]
+pub async fn restricted_data_token(
+    State(routes): State<Arc<TokenRoutes>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiBody(body): ApiBody,
+) -> Result<Response, ApiError> {
+    caller.require(Scope::TokensIssue)?;
+    let mut request: RdtRequest = parse_body(&body)?;
+    let target_application = request.target_application.take();
+    let resources = restricted_resources(request)?;
     let connection_id = parse_connection_id(&id)?;
-    let issued = state
+    let rdt = routes
         .broker
-        .access_token(
-            &state,
+        .restricted_data_token(
+            &routes.spapi,
             &caller.0,
             connection_id,
-            Duration::seconds(60),
-            false,
+            &resources,
+            target_application.as_deref(),
         )
         .await
-        .map_err(|e| token_error(&state, e))?;
-    caller.0.spend_amazon_call().map_err(|retry| {
-        token_error(
-            &state,
-            TokenError::RateLimited {
-                retry_after_seconds: retry.as_secs().max(1),
-                detail: "this API key's budget of calls to Amazon is spent",
-            },
-        )
-    })?;
-    let (token, expires_in) = spapi::restricted_data_token(
-        &state.http,
-        state.config.spapi_endpoint(issued.region()),
-        issued.access_token(),
-        &resources,
-        request.target_application.as_deref(),
-    )
-    .await
-    .map_err(spapi_error)?;
-    let now = state.now();
+        .map_err(|e| match e {
+            RdtError::Token(e) => token_error(&routes.reconnect_url, e),
+            RdtError::SpApi(e) => spapi_error(e),
+        })?;
     Ok(no_store(RdtAnswer {
-        restricted_data_token: token.expose_secret().to_owned(),
-        expires_at: (now + Duration::seconds(expires_in)).to_offset(time::UtcOffset::UTC),
-        expires_in,
+        restricted_data_token: rdt.secret.expose_secret().to_owned(),
+        expires_at: rdt.expires_at.to_offset(time::UtcOffset::UTC),
+        expires_in: rdt.expires_in,
     }))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GrantlessRequest {
-    /// `sellingpartnerapi::notifications` or `sellingpartnerapi::client_credential:rotation`.
-    pub scope: String,
+    pub scope: GrantlessScope,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct GrantlessToken {
+/// A grantless token. (Holds a token: not `Debug`.)
+#[derive(Serialize, ToSchema)]
+pub struct GrantlessAnswer {
     pub access_token: String,
     pub token_type: &'static str,
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
     pub expires_in: i64,
-    pub scope: String,
+    pub scope: GrantlessScope,
 }
 
 /// A grantless (client credentials) token. Scope: `tenants:admin`.
 #[utoipa::path(post, path = "/v1/grantless-token", tag = "tokens", request_body = GrantlessRequest,
-    responses((status = 200, body = GrantlessToken), (status = 422, description = "invalid_request"),
-        (status = 502, description = "app_credentials_rejected"), (status = 503, description = "amazon_unavailable")),
+    responses((status = 200, body = GrantlessAnswer), (status = 422, description = "invalid_request"),
+        (status = 502, description = "app_credentials_rejected or spapi_refused"), (status = 503, description = "amazon_unavailable")),
     security(("api_key" = ["tenants:admin"])))]
 pub async fn grantless_token(
-    State(state): State<AppState>,
+    State(routes): State<Arc<TokenRoutes>>,
     caller: Caller,
     ApiBody(body): ApiBody,
 ) -> Result<Response, ApiError> {
     caller.require(Scope::TenantsAdmin)?;
-    let request: GrantlessRequest = parse_body(&body)?;
-    if !crate::amazon::lwa::GRANTLESS_SCOPES.contains(&request.scope.as_str()) {
-        return Err(ApiError::invalid_request(
+    let request: GrantlessRequest = parse_body(&body).map_err(|_| {
+        ApiError::invalid_request(
             "`scope` must be sellingpartnerapi::notifications or sellingpartnerapi::client_credential:rotation",
-        ));
-    }
-    let token = state
+        )
+    })?;
+    let token = routes
         .broker
-        .grantless_token(&state, &caller.0, &request.scope)
+        .grantless_token(&caller.0, request.scope)
         .await
-        .map_err(|e| token_error(&state, e))?;
-    let now = state.now();
-    Ok(no_store(GrantlessToken {
-        access_token: token.access_token.expose_secret().to_owned(),
+        .map_err(|e| token_error(&routes.reconnect_url, e))?;
+    let now = routes.clock.now();
+    Ok(no_store(GrantlessAnswer {
+        access_token: token.secret.expose_secret().to_owned(),
         token_type: "bearer",
         expires_in: (token.expires_at - now).whole_seconds().max(0),
         expires_at: token.expires_at.to_offset(time::UtcOffset::UTC),
-        scope: request.scope,
+        scope: token.scope,
     }))
 }
 
@@ -371,42 +478,50 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn fields(access_token: &str, selling_partner_id: &str) -> TokenFields<'static> {
-        TokenFields {
-            access_token: Box::leak(access_token.into()),
-            token_type: "bearer",
-            expires_at: time::macros::datetime!(2026-11-28 12:30:00.5 UTC),
-            connection_id: Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef),
-            selling_partner_id: Box::leak(selling_partner_id.into()),
-            region: "eu",
-            spapi_endpoint: "https://sellingpartnerapi-eu.amazon.com",
-        }
-    }
-
     #[test]
     fn the_fast_answer_is_the_json_of_access_token() {
-        for (token, seller, refresh_error) in [
-            ("Atza|IwEBIA-plain_token", "A1SELLER", None),
+        for (token, seller, at, refresh_error) in [
             (
-                "Atza|with \"quotes\", \\ and \u{e9}\u{1f600}\n",
-                "A1\"odd</script>",
+                "Atza|IwEBIA-plain_token",
+                "A1SELLER",
+                time::macros::datetime!(2026-11-28 12:30:00.5 UTC),
                 None,
             ),
-            ("Atza|fallback", "A2SELLER", Some("amazon_unavailable")),
+            (
+                "Atza|with \"quotes\", \\ and \u{e9}\u{1f600}\n\u{7f}",
+                "A1\"odd</script>",
+                time::macros::datetime!(2026-01-02 03:04:05 UTC),
+                None,
+            ),
+            (
+                "Atza|fallback",
+                "A2SELLER",
+                time::macros::datetime!(2026-12-31 23:59:59.000123 +02:00),
+                Some(crate::broker::RefreshError::AmazonUnavailable),
+            ),
         ] {
-            let prefix = answer_prefix(&fields(token, seller)).unwrap();
-            let fast = answer_body(&prefix, 1234, refresh_error).unwrap();
+            let issued = crate::broker::IssuedToken::for_test(token, seller, at, refresh_error);
+            let mut fast = Vec::new();
+            write_access_token(
+                &mut fast,
+                &issued,
+                b"\"https://sellingpartnerapi-eu.amazon.com\"",
+            );
             let fast: serde_json::Value = serde_json::from_slice(&fast).unwrap();
             let reference = serde_json::to_value(AccessToken {
-                token: fields(token, seller),
-                expires_in: 1234,
-                refresh_error,
+                access_token: token,
+                token_type: "bearer",
+                expires_at: at.to_offset(time::UtcOffset::UTC),
+                connection_id: issued.connection_id,
+                selling_partner_id: seller,
+                region: Region::Eu,
+                spapi_endpoint: "https://sellingpartnerapi-eu.amazon.com",
+                expires_in: issued.expires_in(),
+                refresh_error: refresh_error.map(|r| r.as_str()),
             })
             .unwrap();
             assert_eq!(fast, reference);
             assert_eq!(fast["access_token"], token);
-            assert_eq!(fast["expires_at"], "2026-11-28T12:30:00.5Z");
-            assert_eq!(fast.get("refresh_error").is_some(), refresh_error.is_some());
         }
     }
 }

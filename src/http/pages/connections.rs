@@ -2,11 +2,10 @@
 
 use super::{render, set_flash, take_flash, Flash, PageError, SignedIn};
 use crate::amazon::marketplaces::{self, Region, MARKETPLACES};
-use crate::app::AppState;
-use crate::connections::{AUTHORIZATION_LIFETIME, EXPIRING_WITHIN};
-use crate::db::audit::{self, AuditTarget};
-use crate::db::connections::{self, ConnectionRow};
+use crate::db::connections::ConnectionRow;
 use crate::db::tenants;
+use crate::domain::{ConnectionStatus, Health};
+use crate::http::AppState;
 use askama::Template;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -31,7 +30,7 @@ pub struct ConnectionView {
     pub id: Uuid,
     pub selling_partner_id: String,
     pub store_name: Option<String>,
-    pub status: String,
+    pub status: &'static str,
     pub status_label: &'static str,
     pub status_explanation: String,
     pub account_type_label: &'static str,
@@ -71,33 +70,29 @@ fn marketplace_label(id: &str) -> String {
         .unwrap_or_else(|| id.to_owned())
 }
 
-fn view(row: ConnectionRow, now: OffsetDateTime) -> ConnectionView {
-    let expires = row.authorized_at.map(|at| at + AUTHORIZATION_LIFETIME);
-    let (status_label, status_explanation) = match row.status.as_str() {
-        "active" => match expires {
-            Some(at) if at - now <= EXPIRING_WITHIN => (
-                "Connected",
-                format!(
-                    "Working. Amazon asks you to renew this authorization by {}: click Reconnect before then.",
-                    human_time(Some(at))
-                ),
+fn view(row: ConnectionRow) -> ConnectionView {
+    let expires = human_time(row.authorization_expires_at);
+    let (status_label, status_explanation) = match (row.status, row.health) {
+        (ConnectionStatus::Active, Health::Expiring) => (
+            "Connected",
+            format!(
+                "Working, but Amazon ends this authorization on {expires}: reconnect before then to keep imports running."
             ),
-            _ => ("Connected", "Working. Nothing to do.".to_owned()),
-        },
-        "needs_reauth" => (
-            "Needs reconnecting",
-            "Amazon no longer accepts this authorization (it was revoked or has expired). Click Reconnect and approve access again on Amazon.".to_owned(),
         ),
-        _ => (
+        (ConnectionStatus::Active, Health::Degraded) => (
+            "Connected",
+            "Working, but the last attempt to renew access failed for a passing reason (see Last error). Nothing to do unless it keeps failing.".to_owned(),
+        ),
+        (ConnectionStatus::Active, _) => ("Connected", "Working. Nothing to do.".to_owned()),
+        (ConnectionStatus::NeedsReauth, _) => (
+            "Needs reconnecting",
+            "Amazon no longer accepts this authorization (it was revoked or has expired): click Reconnect and approve access again on Amazon.".to_owned(),
+        ),
+        (ConnectionStatus::Disconnected, _) => (
             "Disconnected",
             "Disconnected: we erased its access. Click Reconnect to connect it again.".to_owned(),
         ),
     };
-    let region_label = row
-        .region
-        .parse::<Region>()
-        .map(Region::label)
-        .unwrap_or("Unknown region");
     let last_error = match (&row.last_error_message, row.last_error_at) {
         (Some(message), at) => format!("{message} ({})", human_time(at)),
         _ => "None".to_owned(),
@@ -106,18 +101,14 @@ fn view(row: ConnectionRow, now: OffsetDateTime) -> ConnectionView {
         id: row.id,
         selling_partner_id: row.selling_partner_id,
         store_name: row.store_name,
-        status: row.status,
+        status: row.status.as_str(),
         status_label,
         status_explanation,
-        account_type_label: if row.account_type == "vendor" {
-            "Vendor"
-        } else {
-            "Seller"
-        },
-        region_label,
+        account_type_label: row.account_type.label(),
+        region_label: row.region.label(),
         marketplace_label: marketplace_label(&row.marketplace_id),
         authorized_at: human_time(row.authorized_at),
-        authorization_expires_at: human_time(expires),
+        authorization_expires_at: expires,
         last_refresh_at: human_time(row.last_refresh_at),
         last_error,
     }
@@ -149,8 +140,7 @@ pub async fn connections_page(
     let tenant = tenants::find_tenant(&state.db, signed_in.tenant_id)
         .await?
         .ok_or_else(PageError::not_signed_in)?;
-    let now = state.now();
-    let rows = connections::list_for_tenant(&state.db, tenant.id).await?;
+    let rows = state.connections.list_for_tenant(tenant.id).await?;
     let flash = take_flash(&signed_in.session).await?;
     let selected = tenant
         .last_marketplace_id
@@ -161,7 +151,7 @@ pub async fn connections_page(
         csrf_token: signed_in.auth.csrf_token.clone(),
         flash,
         marketplace_groups: marketplace_groups(selected),
-        connections: rows.into_iter().map(|r| view(r, now)).collect(),
+        connections: rows.into_iter().map(view).collect(),
     })
 }
 
@@ -190,34 +180,17 @@ pub async fn disconnect_post(
 ) -> Result<Response, PageError> {
     signed_in.check_form(&state, &headers, &form.csrf_token)?;
     let id = Uuid::parse_str(&id).map_err(|_| connection_not_found())?;
-    let now = state.now();
-    let mut tx = state.db.begin().await?;
-    let Some(row) = connections::find_for_tenant(&mut *tx, signed_in.tenant_id, id).await? else {
-        return Err(connection_not_found());
-    };
-    connections::disconnect(&mut *tx, signed_in.tenant_id, id, now).await?;
-    audit::record(
-        &mut *tx,
-        now,
-        &signed_in.actor(),
-        "connection.disconnected",
-        AuditTarget {
-            tenant_id: Some(signed_in.tenant_id),
-            connection_id: Some(id),
-        },
-        serde_json::json!({ "previous_status": row.status }),
-    )
-    .await?;
-    connections::notify_changed(&mut *tx, id).await?;
-    tx.commit().await?;
-    state.broker.forget(id);
-    tracing::info!(connection = %id, "connection disconnected; stored tokens erased");
+    let disconnected = state
+        .connections
+        .disconnect(signed_in.tenant_id, id, &signed_in.actor())
+        .await?
+        .ok_or_else(connection_not_found)?;
     set_flash(
         &signed_in.session,
         "success",
         format!(
             "Disconnected {}. We erased its stored access; the app can no longer act for this account.",
-            row.selling_partner_id
+            disconnected.selling_partner_id
         ),
     )
     .await?;

@@ -5,9 +5,9 @@
 pub mod connections;
 pub mod ops;
 
-use crate::app::AppState;
 use crate::db::login_tokens::{self, LoginKind};
 use crate::error::Error;
+use crate::http::AppState;
 use crate::secrets;
 use askama::Template;
 use axum::extract::{FromRequestParts, Path, State};
@@ -22,13 +22,13 @@ use uuid::Uuid;
 
 pub const SESSION_IDLE_TIMEOUT: Duration = Duration::hours(2);
 pub const SESSION_ABSOLUTE_TIMEOUT: Duration = Duration::hours(12);
-pub const LOGIN_TOKEN_LIFETIME: Duration = Duration::minutes(10);
 
 const AUTH_KEY: &str = "auth";
 const FLASH_KEY: &str = "flash";
 
 /// Who a browser session belongs to, kept server-side in the session record.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Holds the CSRF token and the OAuth binding: deliberately not `Debug`.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct BrowserAuth {
     /// `None` for an operator session (ops dashboard).
     pub tenant_id: Option<Uuid>,
@@ -327,8 +327,8 @@ pub async fn login(
         signed_in_at: state.now().unix_timestamp(),
     };
     session.insert(AUTH_KEY, &auth).await?;
-    tracing::info!(kind = login.kind, user = %auth.user_id, "browser signed in with a login link");
-    let default = if login.kind == "ops" {
+    tracing::info!(kind = %login.kind, user = %auth.user_id, "browser signed in with a login link");
+    let default = if login.kind == LoginKind::Ops {
         "/ops"
     } else {
         "/settings/connections"
@@ -340,42 +340,6 @@ pub async fn login(
         .and_then(|raw| crate::amazon::consent::validate_return_to(&state.config, &raw))
         .unwrap_or_else(|| default.to_owned());
     Ok(([(header::CACHE_CONTROL, "no-store")], Redirect::to(&target)).into_response())
-}
-
-/// Creates a one-time login link for a tenant's Settings → Connections.
-pub async fn create_login_link(
-    state: &AppState,
-    kind: LoginKind,
-    tenant_id: Option<Uuid>,
-    user_id: &str,
-    email: Option<&str>,
-    return_to: Option<&str>,
-) -> Result<(String, OffsetDateTime), sqlx::Error> {
-    let token = secrets::random_token(32);
-    let now = state.now();
-    let expires_at = now + LOGIN_TOKEN_LIFETIME;
-    login_tokens::insert_login_token(
-        &state.db,
-        login_tokens::NewLoginToken {
-            token_hash: &secrets::sha256_secret(&token),
-            kind,
-            tenant_id,
-            user_id,
-            email,
-            return_to,
-            now,
-            expires_at,
-        },
-    )
-    .await?;
-    Ok((
-        format!(
-            "{}/login/{}",
-            state.config.public_url,
-            token.expose_secret()
-        ),
-        expires_at,
-    ))
 }
 
 pub async fn not_found() -> PageError {

@@ -2,14 +2,16 @@
 //! Counts by status and health, the connections that need attention and why,
 //! refresh outcomes and LWA latency, the app's credential state.
 
-use super::{current_auth, render, PageError};
-use crate::app::AppState;
-use crate::http::api::ops::{build_summary, RefreshOutcomes, HEALTH_SQL};
-use crate::http::pages::connections::human_time;
+use super::{check_origin, current_auth, render, BrowserAuth, PageError};
+use crate::domain::Health;
+use crate::http::pages::connections::{human_time, CsrfForm};
+use crate::http::AppState;
+use crate::ops_summary::RefreshOutcomes;
 use askama::Template;
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::Response;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{Redirect, Response};
+use axum::Form;
 use time::OffsetDateTime;
 use tower_sessions::Session;
 use uuid::Uuid;
@@ -44,12 +46,13 @@ struct AttentionRow {
     tenant: String,
     selling_partner_id: String,
     region: String,
-    health: String,
+    health: Health,
     status_reason: Option<String>,
     last_error_message: Option<String>,
     status_changed_at: OffsetDateTime,
     last_error_at: Option<OffsetDateTime>,
     authorized_at: Option<OffsetDateTime>,
+    authorization_expires_at: Option<OffsetDateTime>,
 }
 
 pub struct Attention {
@@ -57,7 +60,7 @@ pub struct Attention {
     tenant: String,
     selling_partner_id: String,
     region: String,
-    health: String,
+    health: &'static str,
     reason: String,
     since: String,
 }
@@ -76,55 +79,54 @@ struct OpsPage {
     last_rejected: String,
     refresh_windows: Vec<RefreshWindow>,
     attention: Vec<Attention>,
+    fuse_tripped: bool,
+    fuse_since: String,
+    csrf_token: String,
 }
 
 async fn attention(state: &AppState, now: OffsetDateTime) -> Result<Vec<Attention>, sqlx::Error> {
-    let rows: Vec<AttentionRow> = sqlx::query_as(&format!(
-        "select c.id, t.slug as tenant, c.selling_partner_id, c.region, {HEALTH_SQL} as health,
-                c.status_reason, c.last_error_message, c.status_changed_at, c.last_error_at, c.authorized_at
-         from connection c join tenant t on t.id = c.tenant_id
-         where c.status = 'needs_reauth'
-            or (c.status = 'active' and (c.last_error_code = 'amazon_unavailable'
-                or c.authorized_at + interval '365 days' - $1 <= interval '30 days'))
-         order by c.status_changed_at desc limit 500"
-    ))
+    let rows: Vec<AttentionRow> = sqlx::query_as(
+        "select * from (
+             select c.id, t.slug as tenant, c.selling_partner_id, c.region,
+                    connection_health(c.status, c.last_error_code, c.authorization_expires_at, $1) as health,
+                    c.status_reason, c.last_error_message, c.status_changed_at, c.last_error_at,
+                    c.authorized_at, c.authorization_expires_at
+             from connection c join tenant t on t.id = c.tenant_id
+         ) c where health <> 'ok'
+         order by status_changed_at desc limit 500",
+    )
     .bind(now)
     .fetch_all(&state.db)
     .await?;
     Ok(rows
         .into_iter()
         .map(|r| {
-            let (reason, since) = match r.health.as_str() {
-                "failing" => (
+            let (reason, since) = match r.health {
+                Health::Failing => (
                     r.last_error_message
                         .or(r.status_reason)
                         .unwrap_or_else(|| "needs reauthorization".into()),
                     Some(r.status_changed_at),
                 ),
-                "degraded" => (
+                Health::Degraded => (
                     r.last_error_message
                         .unwrap_or_else(|| "last refresh failed".into()),
                     r.last_error_at,
                 ),
-                _ => {
-                    let ends = r
-                        .authorized_at
-                        .map(|at| at + crate::connections::AUTHORIZATION_LIFETIME);
-                    (
-                        format!(
-                            "authorization ends {}: the seller must reconnect",
-                            human_time(ends)
-                        ),
-                        r.authorized_at,
-                    )
-                }
+                Health::Expiring | Health::Ok => (
+                    format!(
+                        "authorization ends {}: the seller must reconnect",
+                        human_time(r.authorization_expires_at)
+                    ),
+                    r.authorized_at,
+                ),
             };
             Attention {
                 id: r.id,
                 tenant: r.tenant,
                 selling_partner_id: r.selling_partner_id,
                 region: r.region,
-                health: r.health,
+                health: r.health.as_str(),
                 reason,
                 since: human_time(since),
             }
@@ -132,28 +134,33 @@ async fn attention(state: &AppState, now: OffsetDateTime) -> Result<Vec<Attentio
         .collect())
 }
 
+/// The operator signed in to this browser, if any.
+async fn operator(state: &AppState, session: &Session) -> Result<BrowserAuth, PageError> {
+    let auth = current_auth(state, session).await?;
+    auth.filter(|a| a.tenant_id.is_none()).ok_or_else(|| {
+        PageError::new(
+            StatusCode::UNAUTHORIZED,
+            "Operators only",
+            "Open this dashboard with a link from `sp-broker ops-link`.",
+        )
+    })
+}
+
 /// `GET /ops`
 pub async fn ops_page(
     State(state): State<AppState>,
     session: Session,
 ) -> Result<Response, PageError> {
-    let auth = current_auth(&state, &session).await?;
-    let Some(auth) = auth.filter(|a| a.tenant_id.is_none()) else {
-        return Err(PageError::new(
-            StatusCode::UNAUTHORIZED,
-            "Operators only",
-            "Open this dashboard with a link from `sp-broker ops-link`.",
-        ));
-    };
+    let auth = operator(&state, &session).await?;
     let now = state.now();
-    let summary = build_summary(&state).await?;
+    let summary = state.summaries.summary().await?;
     let (app_state, app_message) = match summary.app_credentials.state {
-        "rejected" => ("rejected", "Amazon REJECTED the app's client secret the last time it was used. Rotate or fix SP_BROKER_LWA_CLIENT_SECRET: no seller can get fresh tokens until then."),
+        "rejected" => ("rejected", "Amazon REJECTED every client secret of the app. Refreshes are held app-wide (one probe at a time) until a secret works: rotate or fix SP_BROKER_LWA_CLIENT_SECRET. Sellers' statuses are not touched."),
         "ok" => ("ok", "Amazon accepted the app's client secret the last time it was used."),
-        _ => ("unknown", "This instance has not called Amazon with the app's client secret yet."),
+        _ => ("unknown", "No call with the app's client secret has been made yet."),
     };
     render(&OpsPage {
-        operator: auth.user_id,
+        operator: auth.user_id.clone(),
         generated_at: human_time(Some(now)),
         by_status: summary.connections_by_status.into_iter().collect(),
         by_health: summary.connections_by_health.into_iter().collect(),
@@ -167,5 +174,29 @@ pub async fn ops_page(
             window("last day", &summary.refreshes_last_day),
         ],
         attention: attention(&state, now).await?,
+        fuse_tripped: summary.invalid_grant_fuse.tripped,
+        fuse_since: human_time(summary.invalid_grant_fuse.tripped_at),
+        csrf_token: auth.csrf_token,
     })
+}
+
+/// `POST /ops/fuse/clear`: an operator ends a tripped `invalid_grant` fuse.
+pub async fn clear_fuse_post(
+    State(state): State<AppState>,
+    session: Session,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Result<Response, PageError> {
+    let auth = operator(&state, &session).await?;
+    check_origin(&state, &headers)?;
+    if !crate::secrets::constant_time_eq(&form.csrf_token, &auth.csrf_token) {
+        return Err(PageError::forbidden());
+    }
+    state
+        .summaries
+        .clear_fuse(&format!("operator:{}", auth.user_id))
+        .await?;
+    Ok(axum::response::IntoResponse::into_response(Redirect::to(
+        "/ops",
+    )))
 }

@@ -4,11 +4,8 @@
 //! "Sessions and forms").
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-mod flow_support;
-
-use common::*;
-use flow_support::*;
+use crate::common::*;
+use crate::flow_support::*;
 
 /// What a refused form must leave exactly as it was.
 #[derive(Debug, PartialEq)]

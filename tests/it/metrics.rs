@@ -1,8 +1,7 @@
 //! `/metrics` speaks Prometheus text with `sp_broker_` names and counts what happened.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-use common::*;
+use crate::common::*;
 use secrecy::ExposeSecret;
 
 #[tokio::test]
@@ -17,7 +16,10 @@ async fn metrics_count_connections_tokens_and_lwa_calls() {
         303
     );
     let id = connection_rows(&browser.page().await)[0].0.clone();
-    let key = sp_broker::cli::create_api_key(&app.state, "svc", None, &[], "test")
+    let key = app
+        .services
+        .api_keys
+        .create("svc", None, &[], "test")
         .await
         .unwrap();
     let token = reqwest::Client::new()

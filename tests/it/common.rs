@@ -9,7 +9,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use reqwest::redirect::Policy;
-use sp_broker::app::{self, AppState};
+use sp_broker::app::{self, Services};
 use sp_broker::clock::OffsetClock;
 use sp_broker::config::{Config, Settings};
 use sqlx::PgPool;
@@ -90,7 +90,7 @@ pub fn test_settings() -> Settings {
 pub struct TestApp {
     pub db: Arc<TestDb>,
     pub base: String,
-    pub state: AppState,
+    pub services: Services,
     pub clock: OffsetClock,
     pub pool: PgPool,
     shutdown: Option<oneshot::Sender<()>>,
@@ -119,6 +119,10 @@ impl TestApp {
     /// replaced by the app's own base URL.
     /// Another instance on the same database (several brokers, one database).
     pub async fn spawn_on(db: Arc<TestDb>, edit: impl FnOnce(&mut Settings)) -> TestApp {
+        if let Ok(filter) = std::env::var("TEST_LOG") {
+            // Debugging aid: `TEST_LOG=debug cargo nextest run … --no-capture`.
+            let _ = sp_broker::logging::init(&filter, false);
+        }
         let pool = db.pool.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
@@ -141,11 +145,12 @@ impl TestApp {
             .await
             .unwrap();
         let clock = OffsetClock::default();
-        let state = AppState::new(config, pool.clone(), keys, Arc::new(clock.clone()));
+        let services = Services::build(config, pool.clone(), keys, Arc::new(clock.clone()))
+            .expect("services build");
         let (tx, rx) = oneshot::channel::<()>();
-        let serve_state = state.clone();
+        let serve_services = services.clone();
         tokio::spawn(async move {
-            let _ = app::serve(listener, serve_state, async {
+            let _ = app::serve(listener, serve_services, async {
                 let _ = rx.await;
             })
             .await;
@@ -153,11 +158,21 @@ impl TestApp {
         TestApp {
             db,
             base,
-            state,
+            services,
             clock,
             pool,
             shutdown: Some(tx),
         }
+    }
+
+    /// The app's clock (the test may have moved it).
+    pub fn now(&self) -> time::OffsetDateTime {
+        use sp_broker::clock::Clock;
+        self.clock.now()
+    }
+
+    pub async fn find_tenant(&self, slug: &str) -> Option<sp_broker::db::tenants::Tenant> {
+        self.services.tenants.find_by_slug(slug).await.unwrap()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -174,37 +189,29 @@ impl TestApp {
     }
 
     pub async fn create_tenant(&self, slug: &str) -> sp_broker::db::tenants::Tenant {
-        sp_broker::cli::create_tenant(&self.state, slug, None)
-            .await
-            .unwrap()
+        self.services.tenants.create(slug, None).await.unwrap()
     }
 
     pub async fn login_link(&self, tenant_slug: &str, user: &str) -> String {
-        let tenant = sp_broker::db::tenants::find_tenant_by_slug(&self.pool, tenant_slug)
+        let tenant = self.find_tenant(tenant_slug).await.expect("tenant exists");
+        self.services
+            .login_links
+            .create(sp_broker::login_links::LinkRequest {
+                kind: sp_broker::db::login_tokens::LoginKind::Tenant,
+                tenant_id: Some(tenant.id),
+                user_id: user,
+                email: None,
+                return_to: None,
+            })
             .await
             .unwrap()
-            .expect("tenant exists");
-        let (url, _) = sp_broker::http::pages::create_login_link(
-            &self.state,
-            sp_broker::db::login_tokens::LoginKind::Tenant,
-            Some(tenant.id),
-            user,
-            None,
-            None,
-        )
-        .await
-        .unwrap();
-        url
+            .url
     }
 
     /// A browser signed in to `tenant_slug`'s Settings → Connections (the tenant
     /// is created if needed).
     pub async fn signed_in_browser(&self, tenant_slug: &str, user: &str) -> Browser {
-        if sp_broker::db::tenants::find_tenant_by_slug(&self.pool, tenant_slug)
-            .await
-            .unwrap()
-            .is_none()
-        {
+        if self.find_tenant(tenant_slug).await.is_none() {
             self.create_tenant(tenant_slug).await;
         }
         let client = self.browser();
@@ -394,17 +401,13 @@ impl TestApp {
     pub async fn api_key(&self, tenant_slug: Option<&str>, scopes: &[&str]) -> String {
         use secrecy::ExposeSecret;
         let tenant_id = match tenant_slug {
-            Some(slug) => Some(
-                sp_broker::db::tenants::find_tenant_by_slug(&self.pool, slug)
-                    .await
-                    .unwrap()
-                    .expect("tenant exists")
-                    .id,
-            ),
+            Some(slug) => Some(self.find_tenant(slug).await.expect("tenant exists").id),
             None => None,
         };
         let scopes: Vec<String> = scopes.iter().map(|s| (*s).to_owned()).collect();
-        sp_broker::cli::create_api_key(&self.state, "test key", tenant_id, &scopes, "test")
+        self.services
+            .api_keys
+            .create("test key", tenant_id, &scopes, "test")
             .await
             .unwrap()
             .expose_secret()
@@ -424,52 +427,27 @@ impl TestApp {
         access_token: &str,
         access_expires_in: time::Duration,
     ) -> uuid::Uuid {
-        use sp_broker::crypto::Purpose;
-        let tenant = match sp_broker::db::tenants::find_tenant_by_slug(&self.pool, tenant_slug)
-            .await
-            .unwrap()
-        {
+        let tenant = match self.find_tenant(tenant_slug).await {
             Some(t) => t,
             None => self.create_tenant(tenant_slug).await,
         };
-        let now = self.state.now();
-        let mut tx = self.pool.begin().await.unwrap();
-        let (id, _) = sp_broker::db::connections::lock_or_create(
-            &mut tx,
-            tenant.id,
-            selling_partner_id,
-            "na",
-            "seller",
-            "ATVPDKIKX0DER",
-            now,
-        )
-        .await
-        .unwrap();
-        let tenant_str = tenant.id.to_string();
-        let row = id.to_string();
-        let refresh_sealed = self.state.keys.seal_str(
-            connection_seal_context(Purpose::RefreshToken, &tenant_str, &row),
-            &secrecy::SecretString::from(refresh_token.to_owned()),
-        );
-        let access_sealed = self.state.keys.seal_str(
-            connection_seal_context(Purpose::AccessToken, &tenant_str, &row),
-            &secrecy::SecretString::from(access_token.to_owned()),
-        );
-        sp_broker::db::connections::store_authorization(
-            &mut tx,
-            sp_broker::db::connections::Authorized {
-                id,
-                account_type: "seller",
+        let (id, _) = self
+            .services
+            .authorizer
+            .store(&sp_broker::authorization::NewAuthorization {
+                tenant_id: tenant.id,
+                selling_partner_id,
+                region: sp_broker::amazon::marketplaces::Region::Na,
+                account_type: sp_broker::amazon::marketplaces::AccountType::Seller,
                 marketplace_id: "ATVPDKIKX0DER",
-                refresh_token_sealed: &refresh_sealed,
-                access_token_sealed: &access_sealed,
-                access_token_expires_at: now + access_expires_in,
-                now,
-            },
-        )
-        .await
-        .unwrap();
-        tx.commit().await.unwrap();
+                refresh_token: &secrecy::SecretString::from(refresh_token.to_owned()),
+                access_token: &secrecy::SecretString::from(access_token.to_owned()),
+                access_token_expires_at: self.now() + access_expires_in,
+                actor: "test",
+                flow: "seed",
+            })
+            .await
+            .unwrap();
         id
     }
 }

@@ -3,11 +3,8 @@
 //! no template turns escaping off.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-mod flow_support;
-
-use common::*;
-use flow_support::*;
+use crate::common::*;
+use crate::flow_support::*;
 
 const CORPUS: &[&str] = &[
     "<script>alert(1)</script>",
@@ -32,7 +29,9 @@ async fn a_tenant_name_is_escaped_on_the_page() {
     let app = TestApp::spawn().await;
     for (i, name) in CORPUS.iter().enumerate() {
         let slug = format!("tenant-{i}");
-        sp_broker::cli::create_tenant(&app.state, &slug, Some(name))
+        app.services
+            .tenants
+            .create(&slug, Some(name))
             .await
             .unwrap();
         let browser = app.signed_in_browser(&slug, "u").await;

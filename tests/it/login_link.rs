@@ -4,11 +4,8 @@
 //! Path=/, without Domain, Secure under https.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-mod flow_support;
-
-use common::*;
-use flow_support::*;
+use crate::common::*;
+use crate::flow_support::*;
 use sp_broker::http::SESSION_COOKIE;
 
 /// The session cookie a response sets: (value, attributes lowercased).

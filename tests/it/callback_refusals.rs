@@ -5,11 +5,8 @@
 //! never retried, even when Amazon times out or the URL is replayed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-mod flow_support;
-
-use common::*;
-use flow_support::*;
+use crate::common::*;
+use crate::flow_support::*;
 use std::time::{Duration, Instant};
 use wiremock::ResponseTemplate;
 

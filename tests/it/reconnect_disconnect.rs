@@ -4,11 +4,8 @@
 //! Disconnect erases the stored tokens.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-mod flow_support;
-
-use common::*;
-use flow_support::*;
+use crate::common::*;
+use crate::flow_support::*;
 
 /// Connects `selling_partner_id` through the sandbox; returns its connection id.
 async fn connected(browser: &Browser, selling_partner_id: &str) -> String {

@@ -1,8 +1,7 @@
 //! The ops dashboard: operators only; shows which connections need attention and why.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-use common::*;
+use crate::common::*;
 use secrecy::ExposeSecret;
 
 #[tokio::test]
@@ -19,11 +18,18 @@ async fn dashboard_lists_a_revoked_connection_for_operators_only() {
     let id = connection_rows(&seller.page().await)[0].0.clone();
 
     // The seller revokes the app in (sandbox) Seller Central; the next refresh finds out.
-    sp_broker::sandbox::revoke_seller(&app.state, "A1REVOKED", app.state.now())
+    app.services
+        .sandbox
+        .as_ref()
+        .unwrap()
+        .revoke_seller("A1REVOKED")
         .await
         .unwrap();
     app.clock.advance(time::Duration::minutes(59));
-    let key = sp_broker::cli::create_api_key(&app.state, "svc", None, &[], "test")
+    let key = app
+        .services
+        .api_keys
+        .create("svc", None, &[], "test")
         .await
         .unwrap();
     let answer = reqwest::Client::new()
@@ -38,16 +44,19 @@ async fn dashboard_lists_a_revoked_connection_for_operators_only() {
     let page = seller.client.get(app.url("/ops")).send().await.unwrap();
     assert_eq!(page.status(), 401);
 
-    let (link, _) = sp_broker::http::pages::create_login_link(
-        &app.state,
-        sp_broker::db::login_tokens::LoginKind::Ops,
-        None,
-        "op1",
-        None,
-        None,
-    )
-    .await
-    .unwrap();
+    let link = app
+        .services
+        .login_links
+        .create(sp_broker::login_links::LinkRequest {
+            kind: sp_broker::db::login_tokens::LoginKind::Ops,
+            tenant_id: None,
+            user_id: "op1",
+            email: None,
+            return_to: None,
+        })
+        .await
+        .unwrap()
+        .url;
     let operator = app.browser();
     let login = operator.get(&link).send().await.unwrap();
     assert_eq!(login.status(), 303);

@@ -7,16 +7,13 @@
 //! ever shows.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-mod token_support;
-
-use common::*;
+use crate::common::*;
+use crate::token_support::*;
 use serde_json::{json, Value};
 use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
-use token_support::*;
 use uuid::Uuid;
 use wiremock::matchers::{body_string_contains, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -170,7 +167,7 @@ async fn login_links_sign_a_browser_in_to_that_tenant_only() {
     let url = answer.body["url"].as_str().unwrap().to_owned();
     assert!(url.starts_with(&format!("{}/login/", app.base)), "{url}");
     let expires_at = rfc3339(&answer.body["expires_at"]);
-    let left = (expires_at - app.state.now()).whole_seconds();
+    let left = (expires_at - app.now()).whole_seconds();
     assert!((590..=600).contains(&left), "10 minutes, not {left} s");
 
     // The link signs a browser in to Settings → Connections, once.
@@ -285,26 +282,20 @@ async fn connections_are_listed_with_filters_and_cursor_pagination() {
     let foreign = app
         .seed_connection("globex", "A1GLOBEX", "Atzr|g", "Atza|g", secs(3000))
         .await;
-    let now = app.state.now();
-    assert!(sp_broker::db::connections::mark_needs_reauth(
-        &app.pool,
-        seeded[1],
-        "revoked_or_expired",
-        "test",
-        now
-    )
-    .await
-    .unwrap());
-    let acme_id = sp_broker::db::tenants::find_tenant_by_slug(&app.pool, "acme")
+    // Seller revoked (as a refused refresh leaves it) and disconnected.
+    sqlx::query("update connection set status = 'needs_reauth', status_reason = 'revoked_or_expired' where id = $1")
+        .bind(seeded[1])
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let acme_id = app.find_tenant("acme").await.unwrap().id;
+    assert!(app
+        .services
+        .connections
+        .disconnect(acme_id, seeded[2], "test")
         .await
         .unwrap()
-        .unwrap()
-        .id;
-    assert!(
-        sp_broker::db::connections::disconnect(&app.pool, acme_id, seeded[2], now)
-            .await
-            .unwrap()
-    );
+        .is_some());
     let key = app.api_key(Some("acme"), &["connections:read"]).await;
 
     // limit=2: three pages, no duplicates, everything once, in creation order.
@@ -578,7 +569,7 @@ async fn restricted_data_tokens_come_from_the_sandbox_tokens_api() {
         .unwrap()
         .starts_with("Atz.sprdt|"));
     assert_eq!(answer.body["expires_in"], 3600);
-    let left = (rfc3339(&answer.body["expires_at"]) - app.state.now()).whole_seconds();
+    let left = (rfc3339(&answer.body["expires_at"]) - app.now()).whole_seconds();
     assert!((3590..=3600).contains(&left), "{left}");
 
     for (body, field) in [
@@ -715,7 +706,9 @@ async fn the_ops_summary_counts_connections_and_refresh_outcomes() {
         .seed_connection("acme", "A1GONE", "Atzr-g", "Atza-g", secs(3000))
         .await;
     sqlx::query(
-        "update connection set authorized_at = authorized_at - interval '340 days' where id = $1",
+        "update connection set authorized_at = authorized_at - interval '340 days',
+             authorization_expires_at = authorization_expires_at - interval '340 days'
+         where id = $1",
     )
     .bind(expiring)
     .execute(&app.pool)
@@ -935,15 +928,17 @@ async fn openapi_json_is_valid_openapi_3_1_with_every_v1_route() {
 async fn creating_and_revoking_keys_is_audited_and_never_records_the_key() {
     let app = TestApp::spawn().await;
     let tenant = app.create_tenant("acme").await;
-    let key = sp_broker::cli::create_api_key(
-        &app.state,
-        "inventory-import",
-        Some(tenant.id),
-        &["tokens:issue".to_owned()],
-        "cli:alice",
-    )
-    .await
-    .unwrap();
+    let key = app
+        .services
+        .api_keys
+        .create(
+            "inventory-import",
+            Some(tenant.id),
+            &["tokens:issue".to_owned()],
+            "cli:alice",
+        )
+        .await
+        .unwrap();
     let key = secrecy::ExposeSecret::expose_secret(&key).to_owned();
     let public_id = key.split('_').nth(1).unwrap().to_owned();
     let secret_part = key.rsplit('_').next().unwrap().to_owned();
@@ -962,7 +957,9 @@ async fn creating_and_revoking_keys_is_audited_and_never_records_the_key() {
     assert_eq!(detail["name"], "inventory-import");
     assert_eq!(detail["scopes"], json!(["tokens:issue"]));
 
-    sp_broker::cli::revoke_api_key(&app.state, &public_id, "cli:bob")
+    app.services
+        .api_keys
+        .revoke(&public_id, "cli:bob")
         .await
         .unwrap();
     let revoked: Vec<(String, Value)> =
@@ -1021,7 +1018,7 @@ async fn tokens_issued_are_counted_per_key_and_connection() {
             .status,
         404
     );
-    sp_broker::jobs::flush_usage_once(&app.state).await.unwrap();
+    app.services.jobs().flush_usage_once().await.unwrap();
 
     let expected = BTreeSet::from([(a, first, 3i64), (b, first, 2), (a, second, 1)]);
     let mut counted = BTreeSet::new();

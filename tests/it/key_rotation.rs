@@ -3,8 +3,7 @@
 //! be dropped and every token still opens.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-use common::*;
+use crate::common::*;
 use sp_broker::crypto::{KeyRing, Purpose};
 use std::sync::Arc;
 

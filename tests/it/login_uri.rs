@@ -4,11 +4,8 @@
 //! override origin), anything else is refused with 400 and no redirect.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-mod flow_support;
-
-use common::*;
-use flow_support::*;
+use crate::common::*;
+use crate::flow_support::*;
 use sp_broker::db::login_tokens::LoginKind;
 
 fn login_uri(app: &TestApp, callback_uri: &str, amazon_state: &str, spid: &str) -> String {
@@ -155,16 +152,19 @@ async fn the_embedding_app_can_hand_the_user_over_with_a_login_link() {
     let callback_uri = app.url("/sandbox/apps/authorize/consent");
     let login_uri = login_uri(&app, &callback_uri, "amz-handover", "A1HANDOVER");
     let return_to = login_uri.strip_prefix(&app.base).unwrap();
-    let (link, _) = sp_broker::http::pages::create_login_link(
-        &app.state,
-        LoginKind::Tenant,
-        Some(tenant.id),
-        "u",
-        None,
-        Some(return_to),
-    )
-    .await
-    .unwrap();
+    let link = app
+        .services
+        .login_links
+        .create(sp_broker::login_links::LinkRequest {
+            kind: LoginKind::Tenant,
+            tenant_id: Some(tenant.id),
+            user_id: "u",
+            email: None,
+            return_to: Some(return_to),
+        })
+        .await
+        .unwrap()
+        .url;
     let client = app.browser();
     let login = client.get(&link).send().await.unwrap();
     assert_eq!(login.status(), 303);

@@ -2,8 +2,7 @@
 //! stop the broker (fail closed); bad settings exit 2 naming the setting.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-use common::*;
+use crate::common::*;
 use sp_broker::crypto::KeyRing;
 use sp_broker::db::key_checks::{verify_key_ring, KeyCheckError};
 use std::process::Command;

@@ -9,11 +9,8 @@
 //! The subscriber is process-global: nextest runs each test in its own process.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-mod flow_support;
-
-use common::*;
-use flow_support::*;
+use crate::common::*;
+use crate::flow_support::*;
 use serde_json::json;
 use sp_broker::http::SESSION_COOKIE;
 use std::io::Write;

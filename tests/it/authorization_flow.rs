@@ -4,11 +4,8 @@
 //! token stored only sealed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-mod flow_support;
-
-use common::*;
-use flow_support::*;
+use crate::common::*;
+use crate::flow_support::*;
 use secrecy::ExposeSecret;
 use sp_broker::config::SANDBOX_APP_ID;
 use sp_broker::crypto::{Purpose, SealContext};
@@ -216,7 +213,7 @@ async fn exchange_sends_lwas_form_once_and_the_token_is_stored_sealed() {
     let tenant = stored.tenant_id.to_string();
     let row = stored.id.to_string();
     let opened = app
-        .state
+        .services
         .keys
         .open_str(
             SealContext {

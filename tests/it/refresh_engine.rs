@@ -6,14 +6,11 @@
 //! turns a connection `needs_reauth` for good (no further call to Amazon).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-mod token_support;
-
-use common::*;
+use crate::common::*;
+use crate::token_support::*;
 use serde_json::json;
 use sp_broker::crypto::Purpose;
 use std::time::{Duration, Instant};
-use token_support::*;
 use uuid::Uuid;
 use wiremock::matchers::{body_string_contains, method, path};
 use wiremock::{Mock, MockServer};
@@ -68,7 +65,7 @@ async fn two_hundred_concurrent_requests_make_exactly_one_refresh() {
     mock.verify().await;
 
     // Every token issued is counted for this key and connection.
-    sp_broker::jobs::flush_usage_once(&app.state).await.unwrap();
+    app.services.jobs().flush_usage_once().await.unwrap();
     let mut issued = 0i64;
     for _ in 0..40 {
         issued = sqlx::query_scalar(
@@ -167,14 +164,15 @@ async fn a_refresh_finished_by_another_instance_meanwhile_is_reused() {
     }
     let tenant = tenant_id.to_string();
     let row = id.to_string();
-    let sealed = app.state.keys.seal_str(
+    let sealed = app.services.keys.seal_str(
         connection_seal_context(Purpose::AccessToken, &tenant, &row),
         &secrecy::SecretString::from("Atza|other-instance".to_owned()),
     );
-    let now = app.state.now();
+    let now = app.now();
     sqlx::query(
         "update connection set access_token_sealed = $2, access_token_expires_at = $3,
-             last_refresh_at = $4, refresh_lease_owner = null, refresh_lease_until = null,
+             last_refresh_at = $4, refresh_lease_token = null, refresh_lease_until = null,
+             token_generation = token_generation + 1,
              updated_at = $4
          where id = $1",
     )
@@ -247,8 +245,15 @@ async fn a_slow_refresh_does_not_block_other_connections() {
         !slow_request.is_finished(),
         "the slow refresh is still going"
     );
+    // The slow caller holds a token with 100 s left: after about 2 s it stops
+    // waiting and gets that one, saying why; the refresh goes on detached.
     let slow_answer = slow_request.await.unwrap();
-    assert_eq!(slow_answer.access_token(), "Atza-slow-new");
+    assert_eq!(slow_answer.access_token(), "Atza-slow-old");
+    assert_eq!(slow_answer.body["refresh_error"], "amazon_unavailable");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = access_token(&app, &key, slow, json!({})).await;
+    assert_eq!(after.access_token(), "Atza-slow-new");
+    assert_eq!(after.body.get("refresh_error"), None);
 }
 
 #[tokio::test]

@@ -3,8 +3,7 @@
 //! though each instance serves keys and tokens from memory.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-use common::*;
+use crate::common::*;
 use secrecy::ExposeSecret;
 use std::time::Duration;
 
@@ -47,7 +46,10 @@ async fn revocation_and_disconnect_reach_every_instance() {
     );
     let id = connection_rows(&browser.page().await)[0].0.clone();
 
-    let key = sp_broker::cli::create_api_key(&a.state, "svc", None, &[], "test")
+    let key = a
+        .services
+        .api_keys
+        .create("svc", None, &[], "test")
         .await
         .unwrap();
     let key = key.expose_secret().to_owned();
@@ -70,7 +72,9 @@ async fn revocation_and_disconnect_reach_every_instance() {
 
     // Revoke the key (as `sp-broker api-key revoke` does): both instances refuse it.
     let public_id = key.split('_').nth(1).unwrap().to_owned();
-    sp_broker::cli::revoke_api_key(&a.state, &public_id, "test")
+    a.services
+        .api_keys
+        .revoke(&public_id, "test")
         .await
         .unwrap();
     for base in [&a.base, &b.base] {

@@ -3,11 +3,8 @@
 //! redirect reach Amazon's consent page.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-mod flow_support;
-
-use common::*;
-use flow_support::*;
+use crate::common::*;
+use crate::flow_support::*;
 use sp_broker::amazon::marketplaces::MARKETPLACES;
 use std::collections::HashMap;
 

@@ -1,0 +1,181 @@
+//! The operator's summary (`GET /v1/ops/summary`, `/ops`, `/metrics`):
+//! connections by status and health, the app's credential state, the
+//! `invalid_grant` fuse, and refresh outcomes over the last hour and day.
+//! One home, so the API, the dashboard and the metrics say the same.
+
+use crate::broker::AppCredentials;
+use crate::clock::Clock;
+use crate::db::app_state;
+use crate::domain::{ConnectionStatus, Health};
+use serde::Serialize;
+use sqlx::PgPool;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use time::{Duration, OffsetDateTime};
+use utoipa::ToSchema;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RefreshOutcomes {
+    /// Count per outcome: ok, invalid_grant, app_credentials_rejected, amazon_unavailable.
+    pub outcomes: BTreeMap<String, i64>,
+    /// Mean LWA latency of the refreshes in the window, in milliseconds.
+    pub mean_latency_ms: Option<f64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AppCredentialsState {
+    /// How many client secrets are configured (current, and previous if set).
+    pub configured_secrets: usize,
+    /// `current` or `previous`: the secret that last worked.
+    pub secret_in_use: Option<&'static str>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_worked_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_rejected_at: Option<OffsetDateTime>,
+    /// `ok`, `rejected` (every secret was refused; refreshes are held) or
+    /// `unknown` (no call has been made yet).
+    pub state: &'static str,
+    /// Since when every secret has been refused, while they are.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub rejected_since: Option<OffsetDateTime>,
+    /// Until when refreshes are held (then one probe goes to Amazon).
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub hold_until: Option<OffsetDateTime>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FuseState {
+    /// True while the `invalid_grant` fuse holds (CONTRACT §10).
+    pub tripped: bool,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub tripped_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub cleared_at: Option<OffsetDateTime>,
+    pub cleared_by: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OpsSummary {
+    pub connections_by_status: BTreeMap<String, i64>,
+    pub connections_by_health: BTreeMap<String, i64>,
+    pub app_credentials: AppCredentialsState,
+    pub invalid_grant_fuse: FuseState,
+    pub refreshes_last_hour: RefreshOutcomes,
+    pub refreshes_last_day: RefreshOutcomes,
+}
+
+pub struct Summaries {
+    db: PgPool,
+    clock: Arc<dyn Clock>,
+    credentials: Arc<AppCredentials>,
+}
+
+impl Summaries {
+    pub fn new(db: PgPool, clock: Arc<dyn Clock>, credentials: Arc<AppCredentials>) -> Self {
+        Summaries {
+            db,
+            clock,
+            credentials,
+        }
+    }
+
+    pub async fn summary(&self) -> Result<OpsSummary, sqlx::Error> {
+        let now = self.clock.now();
+        let counts: Vec<(ConnectionStatus, Health, i64)> = sqlx::query_as(
+            "select status, connection_health(status, last_error_code, authorization_expires_at, $1), count(*)
+             from connection group by 1, 2",
+        )
+        .bind(now)
+        .fetch_all(&self.db)
+        .await?;
+        let mut by_status: BTreeMap<String, i64> = ConnectionStatus::ALL
+            .iter()
+            .map(|s| (s.as_str().to_owned(), 0))
+            .collect();
+        let mut by_health: BTreeMap<String, i64> = Health::ALL
+            .iter()
+            .map(|h| (h.as_str().to_owned(), 0))
+            .collect();
+        for (status, health, n) in counts {
+            *by_status.entry(status.as_str().to_owned()).or_default() += n;
+            *by_health.entry(health.as_str().to_owned()).or_default() += n;
+        }
+        let shared = app_state::find(&self.db).await?;
+        let hold = self.credentials.state();
+        let state = if shared.credentials_rejected_since.is_some() {
+            "rejected"
+        } else if shared.credentials_last_ok_at.is_some() || hold.last_ok_at.is_some() {
+            "ok"
+        } else {
+            "unknown"
+        };
+        Ok(OpsSummary {
+            connections_by_status: by_status,
+            connections_by_health: by_health,
+            app_credentials: AppCredentialsState {
+                configured_secrets: self.credentials.configured_secrets(),
+                secret_in_use: self.credentials.secret_in_use().map(|i| {
+                    if i == 0 {
+                        "current"
+                    } else {
+                        "previous"
+                    }
+                }),
+                last_worked_at: shared.credentials_last_ok_at.or(hold.last_ok_at),
+                last_rejected_at: shared.credentials_last_rejected_at,
+                state,
+                rejected_since: shared.credentials_rejected_since,
+                hold_until: shared.credentials_hold_until,
+            },
+            invalid_grant_fuse: FuseState {
+                tripped: shared.fuse_tripped_at.is_some(),
+                tripped_at: shared.fuse_tripped_at,
+                cleared_at: shared.fuse_cleared_at,
+                cleared_by: shared.fuse_cleared_by,
+            },
+            refreshes_last_hour: self.refresh_outcomes(now - Duration::hours(1)).await?,
+            refreshes_last_day: self.refresh_outcomes(now - Duration::days(1)).await?,
+        })
+    }
+
+    async fn refresh_outcomes(
+        &self,
+        since: OffsetDateTime,
+    ) -> Result<RefreshOutcomes, sqlx::Error> {
+        let rows: Vec<(String, i64, Option<f64>)> = sqlx::query_as(
+            "select outcome, count(*), avg(latency_ms)::float8 from refresh_event where at > $1 group by outcome",
+        )
+        .bind(since)
+        .fetch_all(&self.db)
+        .await?;
+        let total: i64 = rows.iter().map(|r| r.1).sum();
+        let mean_latency_ms = (total > 0).then(|| {
+            rows.iter()
+                .map(|r| r.2.unwrap_or(0.0) * r.1 as f64)
+                .sum::<f64>()
+                / total as f64
+        });
+        Ok(RefreshOutcomes {
+            outcomes: rows.into_iter().map(|r| (r.0, r.1)).collect(),
+            mean_latency_ms,
+        })
+    }
+
+    /// An operator ends a tripped `invalid_grant` fuse. True when it was tripped.
+    pub async fn clear_fuse(&self, operator: &str) -> Result<bool, sqlx::Error> {
+        let cleared = app_state::clear_fuse(&self.db, self.clock.now(), operator).await?;
+        if cleared {
+            crate::db::notify::send(&self.db, &crate::db::notify::Change::App).await?;
+            crate::db::audit::record(
+                &self.db,
+                self.clock.now(),
+                operator,
+                "app.fuse_cleared",
+                crate::db::audit::AuditTarget::default(),
+                serde_json::json!({}),
+            )
+            .await?;
+        }
+        Ok(cleared)
+    }
+}

@@ -1,0 +1,26 @@
+//! The integration tests: one binary (one link, one build), each test its own
+//! process under nextest, on its own fresh database.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod api_routes;
+mod authorization_flow;
+mod browser;
+mod callback_refusals;
+mod common;
+mod csrf;
+mod flow_support;
+mod key_rotation;
+mod login_link;
+mod login_uri;
+mod metrics;
+mod multi_instance;
+mod ops_dashboard;
+mod reconnect_disconnect;
+mod refresh_engine;
+mod secrets_in_logs;
+mod security_headers;
+mod smoke;
+mod startup;
+mod token_support;
+mod tokens_api;
+mod xss;
