@@ -45,6 +45,15 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// The URL of this test's database (for a child `sp-broker` process).
+    pub fn url(&self) -> String {
+        let mut url = url::Url::parse(&self.admin_url).expect("a URL");
+        url.set_path(&format!("/{}", self.name));
+        url.to_string()
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         let admin_url = self.admin_url.clone();

@@ -4,6 +4,7 @@
 
 mod api_routes;
 mod authorization_flow;
+mod broker;
 mod browser;
 mod callback_refusals;
 mod common;
@@ -17,6 +18,7 @@ mod multi_instance;
 mod ops_dashboard;
 mod reconnect_disconnect;
 mod refresh_engine;
+mod refresh_races;
 mod secrets_in_logs;
 mod security_headers;
 mod smoke;
