@@ -22,7 +22,11 @@
 //!    of machine drifts by tens of percent over tens of seconds, and
 //!    alternating puts that drift on both phases alike. Phase (c) stops
 //!    the server, starts it again (in-memory cache empty) and asks once per
-//!    connection: every answer is read from PostgreSQL.
+//!    connection: every answer is read from PostgreSQL (the first 256, which
+//!    open the server's pool and verify the key, are not timed), and
+//!    `pg_stat_database` counts its transactions. Phase (d) reads the same
+//!    rows by a bare primary-key `SELECT` from the benchmark's own sqlx pool:
+//!    the yardstick for (c)'s CPU per request.
 //! 4. Prints requests per second, p50, p99, the ratios to the floor, the CPU time
 //!    per request of the server, the load generator and PostgreSQL, and whether
 //!    the targets hold. Exits non-zero if any answer was not 200.
@@ -243,8 +247,27 @@ async fn run(args: Args) -> Result<(), BoxError> {
     // (c) restart: the in-memory cache is empty, every answer comes from PostgreSQL.
     server.stop()?;
     let server = Server::start(&args, &seeded.key_spec).await?;
-    let tokens = Plan::access_tokens(server.addr, &seeded);
+    // Its first requests open the server's pool and verify the API key, as
+    // (d) opens its own pool first: those connections are not timed.
+    let (warm_ids, cold_ids) = seeded
+        .connection_ids
+        .split_at(MISS_WARMUP.min(seeded.connection_ids.len() / 2));
+    let warm = Plan::access_tokens_for(server.addr, &seeded, warm_ids);
+    pass_errors += run_phase(&server, &warm, concurrency, Limit::Count(warm.len()))
+        .await?
+        .errors;
+    let tokens = Plan::access_tokens_for(server.addr, &seeded, cold_ids);
+    let stats = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&args.database_url)
+        .await?;
+    let transactions_before = pg_transactions(&stats).await?;
     let misses = run_phase(&server, &tokens, concurrency, Limit::Count(tokens.len())).await?;
+    let transactions = pg_transactions(&stats).await? - transactions_before;
+    // (d) the same rows read by a bare primary-key SELECT, from this process.
+    settle(&server).await;
+    let bare = bare_selects(&server, &args.database_url, &seeded, concurrency).await?;
+    let resident = server.rss_mib();
     drop(server);
 
     // 4. Report.
@@ -253,8 +276,31 @@ async fn run(args: Args) -> Result<(), BoxError> {
         ("(a) GET /healthz (floor)", &floor),
         ("(b) access-token, cache hit", &hits),
         ("(c) access-token, from PostgreSQL", &misses),
+        ("(d) bare primary-key SELECT", &bare),
     ]);
+    println!(
+        "((d): `select * from connection where id = $1`, one per connection, from the benchmark's\n \
+         own sqlx pool of {BARE_POOL} connections; its \"load gen\" column is the CPU a client spends on it.)"
+    );
     println!();
+    let per_request = |cpu: f64, r: &PhaseResult| cpu * 1e6 / (r.requests.max(1) as f64);
+    let miss_cpu = per_request(misses.cpu.server, &misses);
+    let miss_budget =
+        per_request(floor.cpu.server, &floor) + 1.5 * per_request(bare.cpu.client, &bare);
+    let statements = transactions as f64 / misses.requests.max(1) as f64;
+    println!(
+        "Target (c) sp-broker CPU per request <= (a)'s + 1.5 x (d)'s client: {miss_cpu:.1} <= {miss_budget:.1} µs -> {}",
+        if miss_cpu <= miss_budget { "MET" } else { "NOT MET" }
+    );
+    println!(
+        "Target (c) at most one PostgreSQL round trip per request: {statements:.2} transactions per request \
+         ({transactions} in all, pg_stat_database) -> {}",
+        if statements <= 1.05 { "MET" } else { "NOT MET" }
+    );
+    println!(
+        "Server RSS after (c) and (d), {} cached connections: {resident} MiB",
+        seeded.connection_ids.len()
+    );
     let rps_ratio = hits.rps() / floor.rps();
     let p99 = hits.percentile(99.0);
     let rps_met = rps_ratio >= TARGET_RPS_RATIO;
@@ -277,6 +323,100 @@ async fn run(args: Args) -> Result<(), BoxError> {
             format!("{errors} requests did not answer 200: the figures are not valid").into(),
         );
     }
+    Ok(())
+}
+
+/// Committed and rolled-back transactions of the benchmark database so far
+/// (each statement outside a transaction is one). Waits first for the
+/// backends to report: PostgreSQL flushes their counts about once a second.
+async fn pg_transactions(pool: &sqlx::PgPool) -> Result<i64, BoxError> {
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    sqlx::query("select pg_stat_clear_snapshot()")
+        .execute(pool)
+        .await?;
+    Ok(sqlx::query_scalar(
+        "select (xact_commit + xact_rollback)::bigint from pg_stat_database where datname = current_database()",
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
+/// Connections whose (c) requests only warm the restarted server up.
+const MISS_WARMUP: usize = 256;
+
+/// The benchmark's own pool for (d): as many connections as the server's.
+const BARE_POOL: u32 = 20;
+
+/// (d): one `select *` by primary key per connection, `concurrency` at a time.
+async fn bare_selects(
+    server: &Server,
+    database_url: &str,
+    seeded: &Seeded,
+    concurrency: usize,
+) -> Result<PhaseResult, BoxError> {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(BARE_POOL)
+        .min_connections(BARE_POOL)
+        .connect(database_url)
+        .await?;
+    // Every pooled connection opened and its statement prepared before timing.
+    let mut warm = Vec::new();
+    for i in 0..BARE_POOL as usize {
+        let pool = pool.clone();
+        let id = seeded.connection_ids[i % seeded.connection_ids.len()];
+        warm.push(tokio::spawn(async move { select_row(&pool, id).await }));
+    }
+    for task in warm {
+        task.await??;
+    }
+    let ids = Arc::new(
+        seeded.connection_ids[MISS_WARMUP.min(seeded.connection_ids.len() / 2)..].to_vec(),
+    );
+    let next = Arc::new(AtomicUsize::new(0));
+    let pid = server.child.id();
+    let before = cpu_sample(pid);
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        let (pool, ids, next) = (pool.clone(), Arc::clone(&ids), Arc::clone(&next));
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(id) = ids.get(i) else { break };
+                let sent = Instant::now();
+                select_row(&pool, *id).await?;
+                latencies.push(sent.elapsed().as_nanos() as u64);
+            }
+            Ok::<_, BoxError>(latencies)
+        }));
+    }
+    let mut latencies_ns = Vec::new();
+    for task in tasks {
+        latencies_ns.extend(task.await??);
+    }
+    let window = started.elapsed();
+    let cpu = cpu_sample(pid) - before;
+    latencies_ns.sort_unstable();
+    pool.close().await;
+    Ok(PhaseResult {
+        requests: latencies_ns.len(),
+        errors: 0,
+        window,
+        latencies_ns,
+        answer_bytes: 0,
+        request_bytes: 0,
+        cpu,
+    })
+}
+
+async fn select_row(pool: &sqlx::PgPool, id: Uuid) -> Result<(), BoxError> {
+    use sqlx::Row;
+    let row = sqlx::query("select * from connection where id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await?;
+    let _: Uuid = row.try_get("id")?;
     Ok(())
 }
 
@@ -821,9 +961,12 @@ impl Plan {
     /// One `POST /v1/connections/{id}/access-token` per seeded connection, with
     /// the body a typical caller sends (`{}`: defaults).
     fn access_tokens(addr: SocketAddr, seeded: &Seeded) -> Plan {
+        Self::access_tokens_for(addr, seeded, &seeded.connection_ids)
+    }
+
+    fn access_tokens_for(addr: SocketAddr, seeded: &Seeded, ids: &[Uuid]) -> Plan {
         let key = seeded.api_key.expose_secret();
-        let requests = seeded
-            .connection_ids
+        let requests = ids
             .iter()
             .map(|id| {
                 format!(

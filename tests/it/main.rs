@@ -9,6 +9,7 @@ mod browser;
 mod callback_refusals;
 mod common;
 mod csrf;
+mod engine_defects;
 mod flow_support;
 mod key_rotation;
 mod login_link;
