@@ -10,7 +10,7 @@
 
 use crate::amazon::lwa::{Grant, LwaClient, LwaError, TOTAL_TIMEOUT};
 use crate::amazon::marketplaces::{self, AccountType, Marketplace, Region};
-use crate::amazon::spapi::SpApi;
+use crate::amazon::spapi::{SpApi, SpApiError};
 use crate::broker::{AppCredentials, TokenBroker};
 use crate::clock::Clock;
 use crate::config::{AmazonMode, Config};
@@ -382,29 +382,63 @@ impl Authorizer {
         Ok((id, is_new))
     }
 
-    /// Reads the seller's store name and marketplaces. Best effort: a failure is
-    /// logged and the connection stays as it is (the fields stay null until known).
+    /// Reads the seller's store name and marketplaces (CONTRACT §5). A
+    /// failure leaves the connection `active` and `degraded`, with a
+    /// `last_error` in plain words; a success clears such an error.
     async fn verify_seller(&self, id: Uuid, region: Region, access_token: &SecretString) {
-        match self
+        let now = self.clock.now();
+        let stored = match self
             .spapi
             .marketplace_participations(region, access_token)
             .await
         {
             Ok(account) => {
-                if let Err(e) = connections::update_verified_details(
+                connections::update_verified_details(
                     &self.db,
                     id,
                     account.store_name.as_deref(),
                     &account.marketplace_ids,
-                    self.clock.now(),
+                    now,
                 )
                 .await
-                {
-                    tracing::warn!(connection = %id, error = %e, "could not store verified seller details");
-                }
             }
-            Err(e) => tracing::warn!(connection = %id, error = %e, "seller verification failed"),
+            Err(e) => {
+                tracing::warn!(connection = %id, error = %e, "seller verification failed");
+                connections::record_verification_failure(
+                    &self.db,
+                    id,
+                    &verification_failure_message(&e),
+                    now,
+                )
+                .await
+            }
+        };
+        match stored {
+            Ok(()) => self.broker.forget(id),
+            Err(e) => {
+                tracing::warn!(connection = %id, error = %e, "could not store the seller verification")
+            }
         }
+    }
+}
+
+/// What a failed verification means, for the seller and the operator.
+fn verification_failure_message(error: &SpApiError) -> String {
+    match error {
+        SpApiError::Unauthorized => "Amazon refused to show this account's marketplaces (403). \
+            This usually means the app lacks a role for this account or the account belongs to another region; \
+            tokens still work. Reconnect in the right region, or ask the app's developer to check its roles."
+            .to_owned(),
+        SpApiError::Throttled => "Amazon was too busy to check this account (429). \
+            Nothing is needed: it is checked again at the next connect."
+            .to_owned(),
+        SpApiError::Status(status) => format!(
+            "Amazon answered {status} when checking this account. \
+             Tokens still work; if this stays, reconnect the account."
+        ),
+        SpApiError::Unavailable => "Amazon could not be reached to check this account. \
+            Nothing is needed: it is checked again at the next connect."
+            .to_owned(),
     }
 }
 

@@ -270,12 +270,38 @@ pub async fn update_verified_details(
     now: OffsetDateTime,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "update connection set store_name = coalesce($2, store_name), marketplace_ids = $3, updated_at = $4
+        "update connection set store_name = coalesce($2, store_name), marketplace_ids = $3,
+             last_error_code = case when last_error_code = 'verification_failed' then null else last_error_code end,
+             last_error_message = case when last_error_code = 'verification_failed' then null else last_error_message end,
+             last_error_at = case when last_error_code = 'verification_failed' then null else last_error_at end,
+             updated_at = $4
          where id = $1",
     )
     .bind(id)
     .bind(store_name)
     .bind(marketplace_ids)
+    .bind(now)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// The seller verification failed: the connection stays `active` and its
+/// health becomes `degraded` (the health rule reads `verification_failed`).
+#[tracing::instrument(skip_all)]
+pub async fn record_verification_failure(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    message: &str,
+    now: OffsetDateTime,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "update connection set last_error_code = 'verification_failed', last_error_message = $2,
+             last_error_at = $3, updated_at = $3
+         where id = $1 and status = 'active'",
+    )
+    .bind(id)
+    .bind(message)
     .bind(now)
     .execute(db)
     .await?;
@@ -408,7 +434,11 @@ pub async fn store_refreshed(
         "update connection set
              access_token_sealed = $4, access_token_expires_at = $5,
              token_generation = token_generation + 1,
-             last_refresh_at = $6, last_error_code = null, last_error_message = null, last_error_at = null,
+             last_refresh_at = $6,
+             -- a refresh clears a refresh's error, not a failed verification
+             last_error_code = case when last_error_code = 'verification_failed' then last_error_code end,
+             last_error_message = case when last_error_code = 'verification_failed' then last_error_message end,
+             last_error_at = case when last_error_code = 'verification_failed' then last_error_at end,
              refresh_failures = 0, refresh_cooldown_until = null,
              refresh_lease_token = null, refresh_lease_until = null, updated_at = $6
          where id = $1 and refresh_lease_token = $2 and grant_version = $3 and status = 'active'

@@ -26,4 +26,5 @@ mod smoke;
 mod startup;
 mod token_support;
 mod tokens_api;
+mod verification;
 mod xss;

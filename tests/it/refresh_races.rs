@@ -345,7 +345,13 @@ async fn the_invalid_client_hold_serves_good_tokens_and_probes_once_across_insta
         .with_priority(1)
         .mount(&mock)
         .await;
-    on_refresh(&mock, lwa_tokens("Atza|after-the-hold", REFRESH, 3600)).await;
+    // Slow enough that every request after the hold lapses arrives while the
+    // probe is still out (once it has succeeded, refreshes rightly resume).
+    on_refresh(
+        &mock,
+        lwa_tokens("Atza|after-the-hold", REFRESH, 3600).set_delay(Duration::from_millis(1000)),
+    )
+    .await;
     let url = lwa_url(&mock);
     let edit = move |s: &mut sp_broker::config::Settings| s.lwa_token_url = Some(url.clone());
     let a = TestApp::spawn_with(edit.clone()).await;
