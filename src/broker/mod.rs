@@ -325,8 +325,7 @@ impl TokenBroker {
         force_refresh: bool,
     ) -> Result<IssuedToken, TokenError> {
         let now = self.clock.now();
-        let entry = self.entry(connection_id, now).await?;
-        let snapshot = entry.snapshot();
+        let (entry, snapshot) = self.entry(connection_id, now).await?;
         if !caller.can_see_tenant(snapshot.tenant_id) {
             return Err(TokenError::NotFound);
         }
@@ -506,22 +505,29 @@ impl TokenBroker {
         &self,
         connection_id: Uuid,
         now: OffsetDateTime,
-    ) -> Result<Arc<Entry>, TokenError> {
+    ) -> Result<(Arc<Entry>, Arc<Snapshot>), TokenError> {
+        // The snapshot checked fresh here is the one the request goes on with:
+        // the entry may be invalidated meanwhile (a notification, the
+        // listener clearing the cache), and its next snapshot holds no token.
         if let Some(entry) = self.cache.get(connection_id) {
-            if entry.snapshot().is_fresh(now) {
-                return Ok(entry);
+            let snapshot = entry.snapshot();
+            if snapshot.is_fresh(now) {
+                return Ok((entry, snapshot));
             }
             let Some((snapshot, _)) = self.load(connection_id).await? else {
                 self.cache.forget(connection_id);
                 return Err(TokenError::NotFound);
             };
-            entry.store(Arc::new(snapshot));
-            return Ok(entry);
+            let snapshot = Arc::new(snapshot);
+            entry.store(Arc::clone(&snapshot));
+            return Ok((entry, snapshot));
         }
         let Some((snapshot, _)) = self.load(connection_id).await? else {
             return Err(TokenError::NotFound);
         };
-        Ok(self.cache.insert(connection_id, Entry::new(snapshot)))
+        let entry = self.cache.insert(connection_id, Entry::new(snapshot));
+        let snapshot = entry.snapshot();
+        Ok((entry, snapshot))
     }
 
     /// Reads the connection's row into a fresh snapshot (opening its sealed

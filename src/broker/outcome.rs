@@ -255,7 +255,10 @@ async fn failed(
             cooldown_until: Some(now + wait),
             refresh_failures: failures as i32,
             token: snapshot.token.as_ref().map(CachedToken::copy),
-            loaded_at: now.unix_timestamp(),
+            // Only the cooldown is new: a snapshot invalidated meanwhile (it
+            // holds no token) stays due for a re-read, so the still-good token
+            // in the row is not hidden from the next request.
+            loaded_at: snapshot.loaded_at,
             ..snapshot.copy_facts()
         }));
         broker.tell_others(fence.id).await;
