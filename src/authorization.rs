@@ -413,11 +413,9 @@ impl Authorizer {
                 .await
             }
         };
-        match stored {
-            Ok(()) => self.broker.forget(id),
-            Err(e) => {
-                tracing::warn!(connection = %id, error = %e, "could not store the seller verification")
-            }
+        // The broker caches none of this: nothing to forget.
+        if let Err(e) = stored {
+            tracing::warn!(connection = %id, error = %e, "could not store the seller verification");
         }
     }
 }

@@ -249,9 +249,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
     let server = Server::start(&args, &seeded.key_spec).await?;
     // Its first requests open the server's pool and verify the API key, as
     // (d) opens its own pool first: those connections are not timed.
-    let (warm_ids, cold_ids) = seeded
-        .connection_ids
-        .split_at(MISS_WARMUP.min(seeded.connection_ids.len() / 2));
+    let (warm_ids, cold_ids) = seeded.miss_ids();
     let warm = Plan::access_tokens_for(server.addr, &seeded, warm_ids);
     pass_errors += run_phase(&server, &warm, concurrency, Limit::Count(warm.len()))
         .await?
@@ -369,9 +367,7 @@ async fn bare_selects(
     for task in warm {
         task.await??;
     }
-    let ids = Arc::new(
-        seeded.connection_ids[MISS_WARMUP.min(seeded.connection_ids.len() / 2)..].to_vec(),
-    );
+    let ids = Arc::new(seeded.miss_ids().1.to_vec());
     let next = Arc::new(AtomicUsize::new(0));
     let pid = server.child.id();
     let before = cpu_sample(pid);
@@ -454,6 +450,15 @@ struct Seeded {
     connection_ids: Vec<Uuid>,
     /// The plaintext access token of the first connection (to check an answer).
     first_access_token: SecretString,
+}
+
+impl Seeded {
+    /// The connections whose (c) requests warm the restarted server up, and
+    /// the rest, timed in (c) and read again in (d).
+    fn miss_ids(&self) -> (&[Uuid], &[Uuid]) {
+        self.connection_ids
+            .split_at(MISS_WARMUP.min(self.connection_ids.len() / 2))
+    }
 }
 
 /// A fresh database with one tenant, one API key and `count` connections whose
