@@ -352,7 +352,8 @@ async fn bare_selects(
     seeded: &Seeded,
     concurrency: usize,
 ) -> Result<PhaseResult, BoxError> {
-    let pool = sqlx::postgres::PgPoolOptions::new()
+    // The server's own pool settings, so that (d) measures what a query costs it.
+    let pool = sp_broker::db::pool_options()
         .max_connections(BARE_POOL)
         .min_connections(BARE_POOL)
         .connect(database_url)

@@ -21,6 +21,7 @@ mod cache;
 mod fuse;
 mod grantless;
 mod lease;
+mod loader;
 mod outcome;
 mod refresh;
 mod restricted;
@@ -231,6 +232,7 @@ pub struct TokenBroker {
     /// Names this broker in the notifications it sends, so it can skip its own.
     instance_id: Uuid,
     cache: Cache,
+    rows: loader::RowLoader,
     breaker: CircuitBreaker,
     fuse: fuse::Fuse,
     grantless: grantless::Grantless,
@@ -249,6 +251,7 @@ fn seal_context<'a>(purpose: Purpose, tenant: &'a str, row: &'a str) -> SealCont
 impl TokenBroker {
     pub fn new(handles: BrokerHandles) -> Arc<Self> {
         Arc::new(TokenBroker {
+            rows: loader::RowLoader::new(handles.db.clone()),
             db: handles.db,
             keys: handles.keys,
             lwa: handles.lwa,
@@ -533,7 +536,7 @@ impl TokenBroker {
     /// Reads the connection's row into a fresh snapshot (opening its sealed
     /// token), with whether another claim holds its refresh lease.
     async fn load(&self, connection_id: Uuid) -> Result<Option<(Snapshot, bool)>, Error> {
-        let Some(row) = connections::find_token_state(&self.db, connection_id).await? else {
+        let Some(row) = self.rows.load(connection_id).await? else {
             return Ok(None);
         };
         let token = match (&row.access_token_sealed, row.access_token_expires_at) {

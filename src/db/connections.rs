@@ -311,6 +311,7 @@ pub async fn record_verification_failure(
 /// What the token broker needs to know about a connection.
 #[derive(Clone, sqlx::FromRow)]
 pub struct TokenStateRow {
+    pub id: Uuid,
     pub tenant_id: Uuid,
     pub selling_partner_id: String,
     pub region: Region,
@@ -326,20 +327,22 @@ pub struct TokenStateRow {
     pub lease_busy: bool,
 }
 
+/// The token state of each of `ids` that exists, in no particular order
+/// (`id` says which is which): one statement for a batch of cache misses.
 #[tracing::instrument(skip_all)]
-pub async fn find_token_state(
+pub async fn find_token_states(
     db: impl PgExecutor<'_>,
-    id: Uuid,
-) -> Result<Option<TokenStateRow>, sqlx::Error> {
+    ids: &[Uuid],
+) -> Result<Vec<TokenStateRow>, sqlx::Error> {
     sqlx::query_as(
-        "select tenant_id, selling_partner_id, region, status, status_reason, grant_version,
+        "select id, tenant_id, selling_partner_id, region, status, status_reason, grant_version,
                 token_generation, access_token_sealed, access_token_expires_at,
                 refresh_cooldown_until, refresh_failures,
                 coalesce(refresh_lease_until > now(), false) as lease_busy
-         from connection where id = $1",
+         from connection where id = any($1)",
     )
-    .bind(id)
-    .fetch_optional(db)
+    .bind(ids)
+    .fetch_all(db)
     .await
 }
 

@@ -65,12 +65,24 @@ pub async fn connect(database_url: &str) -> Result<PgPool, DbSetupError> {
         "statement_timeout",
         format!("{}ms", STATEMENT_TIMEOUT.as_millis()),
     )]);
-    PgPoolOptions::new()
-        .max_connections(POOL_SIZE)
-        .acquire_timeout(ACQUIRE_TIMEOUT)
+    pool_options()
         .connect_with(options)
         .await
         .map_err(DbSetupError::Unreachable)
+}
+
+/// The pool every sp-broker process uses (the benchmark's bare `SELECT`s too).
+///
+/// sqlx tests each connection with a round trip when it is returned to the
+/// pool; testing it again when it is taken out (`test_before_acquire`) would
+/// cost every query a second extra round trip. Without it, a connection that
+/// died while idle (PostgreSQL restarted) fails one query, which answers 503
+/// like any other database fault, and is then dropped by the release test.
+pub fn pool_options() -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(POOL_SIZE)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .test_before_acquire(false)
 }
 
 pub async fn migrate(pool: &PgPool) -> Result<(), DbSetupError> {
