@@ -37,16 +37,16 @@ impl Jobs {
     /// Writes the token-issue counts gathered in memory since the last flush;
     /// counts it could not write are kept for the next.
     pub async fn flush_usage_once(&self) -> Result<(), sqlx::Error> {
-        let counts = self.broker.take_usage();
-        if counts.is_empty() {
+        let pairs = self.broker.take_usage();
+        if pairs.is_empty() {
             return Ok(());
         }
         let now = self.clock.now();
         // One statement per few thousand pairs, not one per pair: with
         // thousands of busy connections a per-pair flush costs PostgreSQL more
         // than the token requests it counts.
-        let mut pairs: Vec<_> = counts.into_iter().collect();
-        pairs.sort_unstable_by_key(|(pair, _)| *pair);
+        // In the order of the pairs (as every instance writes them), so that
+        // two flushes cannot deadlock.
         let mut chunks = pairs.chunks(5000);
         while let Some(chunk) = chunks.next() {
             let key_ids: Vec<Uuid> = chunk.iter().map(|((key, _), _)| *key).collect();

@@ -145,3 +145,82 @@ fn shared(error: &sqlx::Error) -> sqlx::Error {
         other => sqlx::Error::Protocol(other.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::amazon::marketplaces::Region;
+    use crate::domain::ConnectionStatus;
+
+    fn row(id: Uuid) -> TokenStateRow {
+        TokenStateRow {
+            id,
+            tenant_id: Uuid::nil(),
+            selling_partner_id: format!("A{}", id.as_u128()),
+            region: Region::Na,
+            status: ConnectionStatus::Active,
+            status_reason: None,
+            grant_version: 1,
+            token_generation: 1,
+            access_token_sealed: None,
+            access_token_expires_at: None,
+            refresh_cooldown_until: None,
+            refresh_failures: 0,
+            lease_busy: false,
+        }
+    }
+
+    #[test]
+    fn every_waiter_of_a_batch_gets_its_row_even_when_asked_twice() {
+        let (a, b, missing) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3));
+        let mut answers = Vec::new();
+        let batch = [a, b, a, missing]
+            .into_iter()
+            .map(|id| {
+                let (reply, answer) = oneshot::channel();
+                answers.push(answer);
+                (id, reply)
+            })
+            .collect();
+        answer(batch, vec![row(b), row(a)]);
+        let got: Vec<Option<String>> = answers
+            .into_iter()
+            .map(|mut answer| {
+                answer
+                    .try_recv()
+                    .ok()
+                    .and_then(Result::ok)
+                    .flatten()
+                    .map(|row| row.selling_partner_id)
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                Some("A1".into()),
+                Some("A2".into()),
+                Some("A1".into()),
+                None
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failed_batch_keeps_unavailable_apart_from_other_failures() {
+        assert!(matches!(
+            shared(&sqlx::Error::PoolTimedOut),
+            sqlx::Error::PoolTimedOut
+        ));
+        let io = sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "reset",
+        ));
+        assert!(
+            matches!(shared(&io), sqlx::Error::Io(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+        );
+        assert!(matches!(
+            shared(&sqlx::Error::RowNotFound),
+            sqlx::Error::Protocol(_)
+        ));
+    }
+}

@@ -43,6 +43,7 @@ use crate::domain::ConnectionStatus;
 use crate::error::Error;
 use breaker::CircuitBreaker;
 use cache::{Cache, Entry, FastMap, Snapshot};
+use compact_str::CompactString;
 use refresh::{Outcome, Plan};
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -162,8 +163,7 @@ impl IssuedToken {
                     expires_at,
                     generation: 1,
                 }),
-                cooldown_until: None,
-                refresh_failures: 0,
+                failing: None,
                 loaded_at: 0,
             }),
             connection_id: Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef),
@@ -557,15 +557,14 @@ impl TokenBroker {
         Ok(Some((
             Snapshot {
                 tenant_id: row.tenant_id,
-                selling_partner_id: row.selling_partner_id.into_boxed_str(),
+                selling_partner_id: CompactString::new(&row.selling_partner_id),
                 region: row.region,
                 status: row.status,
                 status_reason: row.status_reason.map(String::into_boxed_str),
                 grant_version: row.grant_version,
                 token_generation: row.token_generation,
                 token,
-                cooldown_until: row.refresh_cooldown_until,
-                refresh_failures: row.refresh_failures,
+                failing: cache::Failing::from_row(row.refresh_failures, row.refresh_cooldown_until),
                 loaded_at: self.clock.now().unix_timestamp(),
             },
             lease_busy,

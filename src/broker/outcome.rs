@@ -11,7 +11,7 @@
 //!   row is not touched.
 //! - A passing failure: the error, the failure count and a cooldown.
 
-use super::cache::{CachedToken, Entry, Snapshot};
+use super::cache::{CachedToken, Entry, Failing, Snapshot};
 use super::fuse::FuseDecision;
 use super::lease::LeaseGuard;
 use super::refresh::Outcome;
@@ -160,8 +160,7 @@ async fn stored(
                     generation,
                     ..fresh_token
                 }),
-                cooldown_until: None,
-                refresh_failures: 0,
+                failing: None,
                 loaded_at: now.unix_timestamp(),
                 ..snapshot.copy_facts()
             });
@@ -236,7 +235,7 @@ async fn failed(
 ) -> Result<Outcome, Error> {
     let fence = settling.guard.fence();
     let snapshot = &settling.snapshot;
-    let failures = snapshot.refresh_failures.max(0) as u32 + 1;
+    let failures = snapshot.refresh_failures().max(0) as u32 + 1;
     let wait = cooldown(failures);
     let now = broker.clock.now();
     let recorded = connections::record_refresh_failure(
@@ -252,8 +251,10 @@ async fn failed(
     record_event(broker, fence.id, "amazon_unavailable", latency_ms).await;
     if recorded {
         entry.store(Arc::new(Snapshot {
-            cooldown_until: Some(now + wait),
-            refresh_failures: failures as i32,
+            failing: Some(Box::new(Failing {
+                failures: failures as i32,
+                cooldown_until: Some(now + wait),
+            })),
             token: snapshot.token.as_ref().map(CachedToken::copy),
             // Only the cooldown is new: a snapshot invalidated meanwhile (it
             // holds no token) stays due for a re-read, so the still-good token

@@ -66,19 +66,16 @@ pub fn join_or_start(
     entry: &Arc<Entry>,
     plan: Plan,
 ) -> (InFlight, bool) {
-    let mut slot = match entry.inflight.lock() {
-        Ok(slot) => slot,
-        Err(poisoned) => poisoned.into_inner(),
-    };
-    if let Some(running) = slot.as_ref() {
+    let mut state = entry.state();
+    if let Some(running) = state.inflight.as_ref() {
         // Still running: no result yet and the task is alive.
         if running.borrow().is_none() && running.has_changed().is_ok() {
             return (running.clone(), false);
         }
     }
     let (done, running) = watch::channel(None);
-    *slot = Some(running.clone());
-    drop(slot);
+    state.inflight = Some(running.clone());
+    drop(state);
     let broker = Arc::clone(broker);
     let entry = Arc::clone(entry);
     tokio::spawn(async move {
@@ -91,13 +88,13 @@ pub fn join_or_start(
             }
         };
         let _ = done.send(Some(Arc::new(outcome)));
-        if let Ok(mut slot) = entry.inflight.lock() {
-            if slot
-                .as_ref()
-                .is_some_and(|r| r.same_channel(&done.subscribe()))
-            {
-                *slot = None;
-            }
+        let mut state = entry.state();
+        if state
+            .inflight
+            .as_ref()
+            .is_some_and(|r| r.same_channel(&done.subscribe()))
+        {
+            state.inflight = None;
         }
     });
     (running, true)

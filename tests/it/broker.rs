@@ -7,7 +7,7 @@ use secrecy::SecretString;
 use sp_broker::amazon::lwa::{self, LwaClient};
 use sp_broker::amazon::marketplaces::{AccountType, Region};
 use sp_broker::api_keys::{ApiPrincipal, Scope};
-use sp_broker::broker::{AppCredentials, BrokerHandles, TokenBroker, TokenSource};
+use sp_broker::broker::{AppCredentials, BrokerHandles, TokenBroker, TokenError, TokenSource};
 use sp_broker::clock::{Clock, OffsetClock};
 use sp_broker::config::AmazonMode;
 use sp_broker::crypto::{KeyRing, Purpose};
@@ -65,10 +65,22 @@ async fn fixture(mock: &MockServer) -> Fixture {
 
 /// A tenant and one active connection whose access token has `left` to live.
 async fn seed(f: &Fixture, access_token: &str, left: time::Duration) -> Uuid {
+    seed_as(f, "unit", "A1UNIT", access_token, left).await
+}
+
+/// [`seed`] for a tenant `slug` and seller `selling_partner_id` of its own.
+async fn seed_as(
+    f: &Fixture,
+    slug: &str,
+    selling_partner_id: &str,
+    access_token: &str,
+    left: time::Duration,
+) -> Uuid {
     let now = f.clock.now();
     let tenant_id = Uuid::new_v4();
-    sqlx::query("insert into tenant (id, slug, name, created_at) values ($1, 'unit', 'Unit', $2)")
+    sqlx::query("insert into tenant (id, slug, name, created_at) values ($1, $2, 'Unit', $3)")
         .bind(tenant_id)
+        .bind(slug)
         .bind(now)
         .execute(&f.db.pool)
         .await
@@ -78,7 +90,7 @@ async fn seed(f: &Fixture, access_token: &str, left: time::Duration) -> Uuid {
         &mut tx,
         &AuthorizationKey {
             tenant_id,
-            selling_partner_id: "A1UNIT",
+            selling_partner_id,
             region: Region::Na,
             account_type: AccountType::Seller,
             marketplace_id: "ATVPDKIKX0DER",
@@ -114,6 +126,52 @@ async fn seed(f: &Fixture, access_token: &str, left: time::Duration) -> Uuid {
     .unwrap();
     tx.commit().await.unwrap();
     id
+}
+
+#[tokio::test]
+async fn concurrent_cache_misses_each_get_their_own_connections_token() {
+    // No refresh is due: every answer comes from the rows, read together.
+    let mock = MockServer::start().await;
+    let f = fixture(&mock).await;
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let (slug, seller, token) = (
+            format!("unit-{i}"),
+            format!("A1UNIT{i}"),
+            format!("Atza|unit-{i}"),
+        );
+        ids.push(seed_as(&f, &slug, &seller, &token, secs(3600)).await);
+    }
+    // Each connection asked for twice at once, and one that does not exist.
+    let asked: Vec<Uuid> = ids
+        .iter()
+        .chain(ids.iter())
+        .copied()
+        .chain([Uuid::new_v4()])
+        .collect();
+    let min_ttl = time::Duration::seconds(300);
+    let issued = futures::future::join_all(
+        asked
+            .iter()
+            .map(|id| f.broker.access_token(&f.caller, *id, min_ttl, false)),
+    )
+    .await;
+    for (i, answer) in issued.iter().enumerate() {
+        if i == 2 * ids.len() {
+            assert!(
+                matches!(answer, Err(TokenError::NotFound)),
+                "the unknown id is not found"
+            );
+            continue;
+        }
+        let token = answer.as_ref().unwrap_or_else(|e| panic!("{e}"));
+        let n = i % ids.len();
+        assert_eq!(token.access_token(), format!("Atza|unit-{n}"));
+        assert_eq!(token.selling_partner_id(), format!("A1UNIT{n}"));
+        assert_eq!(token.source, TokenSource::Cache);
+    }
+    assert_eq!(refresh_requests(&mock).await, 0);
+    assert_eq!(f.broker.cached(), ids.len());
 }
 
 #[tokio::test]
