@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::connections::Connections;
 use crate::crypto::KeyRing;
 use crate::db;
+use crate::events::Events;
 use crate::http::{self, AppState};
 use crate::jobs::Jobs;
 use crate::login_links::LoginLinks;
@@ -22,6 +23,7 @@ use crate::notify::ChangeListener;
 use crate::ops_summary::Summaries;
 use crate::sandbox::Sandbox;
 use crate::tenants::Tenants;
+use crate::webhooks::Webhooks;
 use axum::Router;
 use sqlx::PgPool;
 use std::future::Future;
@@ -45,6 +47,9 @@ pub struct Services {
     pub connections: Arc<Connections>,
     pub summaries: Arc<Summaries>,
     pub spapi: Arc<SpApi>,
+    pub events: Arc<Events>,
+    /// Webhook delivery, when a webhook URL is configured.
+    pub webhooks: Option<Arc<Webhooks>>,
     /// The simulated Amazon, in sandbox mode only.
     pub sandbox: Option<Arc<Sandbox>>,
     /// Set when shutdown begins: `/readyz` answers 503 from then on.
@@ -65,6 +70,8 @@ pub enum StartError {
     Query(#[from] sqlx::Error),
     #[error("the HTTP client for Amazon cannot be built: {0}")]
     HttpClient(#[from] reqwest::Error),
+    #[error(transparent)]
+    Webhooks(#[from] crate::webhooks::WebhookSetupError),
     #[error("cannot bind {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -117,6 +124,14 @@ impl Services {
             spapi: Arc::clone(&spapi),
             broker: Arc::clone(&broker),
         }));
+        let webhooks = match &config.webhooks {
+            Some(webhooks) => Some(Arc::new(Webhooks::new(
+                db.clone(),
+                Arc::clone(&clock),
+                webhooks,
+            )?)),
+            None => None,
+        };
         let sandbox = config
             .is_sandbox()
             .then(|| Arc::new(Sandbox::new(db.clone(), Arc::clone(&clock), &config)));
@@ -138,6 +153,8 @@ impl Services {
                 Arc::clone(&clock),
                 Arc::clone(&credentials),
             )),
+            events: Arc::new(Events::new(db.clone())),
+            webhooks,
             config,
             db,
             keys,
@@ -197,6 +214,10 @@ pub async fn serve(
         Arc::clone(&services.api_keys),
     );
     let listener_task = tokio::spawn(change_listener.run(stop_rx.clone()));
+    let webhooks_task = services
+        .webhooks
+        .clone()
+        .map(|webhooks| tokio::spawn(webhooks.run(stop_rx.clone())));
     let jobs_task = tokio::spawn(services.jobs().run(stop_rx));
     let router = services.router();
     let served = axum::serve(listener, router)
@@ -209,6 +230,9 @@ pub async fn serve(
     let _ = stop_tx.send(true);
     // Jobs stop at a batch boundary and flush what they hold.
     let _ = jobs_task.await;
+    if let Some(task) = webhooks_task {
+        let _ = task.await;
+    }
     let _ = listener_task.await;
     served
 }

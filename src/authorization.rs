@@ -19,8 +19,10 @@ use crate::db::audit::{self, AuditTarget};
 use crate::db::connections::{self, AuthorizationKey};
 use crate::db::notify::{self, Change};
 use crate::db::oauth_states::{self, NewPendingAuthorization, PendingAuthorization, StateProblem};
+use crate::domain::EventType;
 use crate::domain::AUTHORIZATION_LIFETIME;
 use crate::error::Error;
+use crate::events;
 use crate::secrets;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
@@ -356,11 +358,12 @@ impl Authorizer {
             },
         )
         .await?;
-        let action = if is_new {
-            "connection.connected"
+        let event_type = if is_new {
+            EventType::ConnectionConnected
         } else {
-            "connection.reconnected"
+            EventType::ConnectionReconnected
         };
+        let action = event_type.as_str();
         audit::record(
             &mut **tx,
             now,
@@ -378,6 +381,8 @@ impl Authorizer {
             }),
         )
         .await?;
+        events::record_connection_event(tx, event_type, id, events::Details::default(), now)
+            .await?;
         notify::send(&mut **tx, &Change::connection(id)).await?;
         Ok((id, is_new))
     }

@@ -61,6 +61,8 @@ pub enum Command {
     /// Encryption keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// A new webhook signing secret (`whsec_…`), alone on one line.
+    WebhookSecret,
 }
 
 #[derive(Subcommand)]
@@ -188,6 +190,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Some(Command::Serve { settings }) => serve(*settings).await,
         Some(Command::Keys(KeysCommand::Generate)) => {
             println!("{}", KeyRing::generate_key_spec().expose_secret());
+            Ok(())
+        }
+        Some(Command::WebhookSecret) => {
+            println!("{}", crate::webhooks::new_secret());
             Ok(())
         }
         Some(Command::Migrate) => {
@@ -322,7 +328,10 @@ async fn admin(services: &Services, command: Command) -> Result<(), CliError> {
                 println!("{json}");
             }
         }
-        Command::Serve { .. } | Command::Migrate | Command::Keys(KeysCommand::Generate) => {}
+        Command::Serve { .. }
+        | Command::Migrate
+        | Command::Keys(KeysCommand::Generate)
+        | Command::WebhookSecret => {}
     }
     Ok(())
 }

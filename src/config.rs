@@ -64,6 +64,12 @@ pub struct Settings {
     /// `json` for JSON lines.
     #[arg(long, env = "SP_BROKER_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+    /// Where events are POSTed (CONTRACT §8).
+    #[arg(long, env = "SP_BROKER_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+    /// Comma-separated `whsec_…` signing secrets; the first is the newest.
+    #[arg(long, env = "SP_BROKER_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +123,87 @@ pub struct Config {
     pub spapi_override: Option<Url>,
     pub log_filter: String,
     pub log_json: bool,
+    /// Webhook delivery, when a URL is configured.
+    pub webhooks: Option<WebhookConfig>,
+}
+
+/// Where events are delivered and the secrets that sign them. Not `Debug`.
+pub struct WebhookConfig {
+    pub url: Url,
+    /// `whsec_…`, each signing every delivery (more than one during a rotation).
+    pub secrets: Vec<SecretString>,
+}
+
+/// A webhook signing secret: `whsec_` and the base64 of 24 to 64 random bytes.
+pub fn check_webhook_secret(secret: &str) -> Result<(), &'static str> {
+    use base64::Engine as _;
+    let Some(encoded) = secret.strip_prefix("whsec_") else {
+        return Err(
+            "each secret must start with whsec_ (make one with `sp-broker webhook-secret`)",
+        );
+    };
+    match base64::engine::general_purpose::STANDARD.decode(encoded) {
+        Ok(key) if (24..=64).contains(&key.len()) => Ok(()),
+        Ok(_) => Err("each secret must hold 24 to 64 bytes"),
+        Err(_) => Err("each secret must be whsec_ followed by standard base64"),
+    }
+}
+
+fn parse_webhooks(settings: &Settings, live: bool) -> Result<Option<WebhookConfig>, ConfigError> {
+    let Some(raw) = non_empty(&settings.webhook_url) else {
+        if non_empty(&settings.webhook_secret).is_some() {
+            return Err(bad(
+                "SP_BROKER_WEBHOOK_URL",
+                "required with SP_BROKER_WEBHOOK_SECRET",
+            ));
+        }
+        return Ok(None);
+    };
+    let url =
+        Url::parse(raw).map_err(|e| bad("SP_BROKER_WEBHOOK_URL", format!("not a URL ({e})")))?;
+    let loopback = match url.host() {
+        Some(url::Host::Domain(host)) => host == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    match url.scheme() {
+        "https" => {}
+        "http" if !live || loopback => {}
+        "http" => {
+            return Err(bad(
+                "SP_BROKER_WEBHOOK_URL",
+                "must be https in live mode (unless the host is a loopback address)",
+            ))
+        }
+        _ => {
+            return Err(bad(
+                "SP_BROKER_WEBHOOK_URL",
+                "must be an http:// or https:// URL",
+            ))
+        }
+    }
+    if url.host_str().is_none() || !url.username().is_empty() || url.password().is_some() {
+        return Err(bad(
+            "SP_BROKER_WEBHOOK_URL",
+            "must name a host and carry no credentials",
+        ));
+    }
+    let Some(secrets) = non_empty(&settings.webhook_secret) else {
+        return Err(bad(
+            "SP_BROKER_WEBHOOK_SECRET",
+            "required with SP_BROKER_WEBHOOK_URL (make one with `sp-broker webhook-secret`)",
+        ));
+    };
+    let mut parsed = Vec::new();
+    for secret in secrets.split(',').map(str::trim) {
+        check_webhook_secret(secret).map_err(|why| bad("SP_BROKER_WEBHOOK_SECRET", why))?;
+        parsed.push(SecretString::from(secret.to_owned()));
+    }
+    Ok(Some(WebhookConfig {
+        url,
+        secrets: parsed,
+    }))
 }
 
 impl fmt::Debug for Config {
@@ -293,6 +380,8 @@ impl Config {
             }
         };
 
+        let webhooks = parse_webhooks(settings, live)?;
+
         Ok(Config {
             database_url: settings.database_url.trim().to_owned(),
             listen,
@@ -309,6 +398,7 @@ impl Config {
             spapi_override,
             log_filter: settings.log.clone(),
             log_json,
+            webhooks,
         })
     }
 

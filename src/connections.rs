@@ -2,16 +2,20 @@
 //! their health, judged by the app's clock) and the one home of Disconnect,
 //! for the page and the API alike.
 
+use crate::amazon::marketplaces::{AccountType, Region};
 use crate::broker::TokenBroker;
 use crate::clock::Clock;
 use crate::db::audit::{self, AuditTarget};
 use crate::db::connections::{self, ConnectionRow, PageQuery};
 use crate::db::notify::{self, Change};
 use crate::db::tenants::{self, Tenant};
-use crate::domain::ConnectionStatus;
+use crate::domain::{ConnectionStatus, EventType, Health};
+use crate::events;
+use serde::Serialize;
 use sqlx::PgPool;
 use std::sync::Arc;
 use time::OffsetDateTime;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 pub struct Connections {
@@ -125,6 +129,17 @@ impl Connections {
             serde_json::json!({ "previous_status": previous_status }),
         )
         .await?;
+        events::record_connection_event(
+            &mut tx,
+            EventType::ConnectionDisconnected,
+            id,
+            events::Details {
+                previous_status: Some(previous_status),
+                reason: None,
+            },
+            now,
+        )
+        .await?;
         notify::send(&mut *tx, &Change::connection(id)).await?;
         tx.commit().await?;
         self.broker.forget(id);
@@ -134,4 +149,81 @@ impl Connections {
             previous_status,
         }))
     }
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct LastError {
+    pub code: String,
+    pub message: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+/// A connection as the API, the events and the webhooks show it (CONTRACT §3).
+/// Never a token.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ConnectionJson {
+    pub id: Uuid,
+    /// The tenant's slug.
+    pub tenant: String,
+    pub selling_partner_id: String,
+    pub account_type: AccountType,
+    pub region: Region,
+    pub marketplace_id: String,
+    pub store_name: Option<String>,
+    pub marketplace_ids: Option<Vec<String>>,
+    pub status: ConnectionStatus,
+    pub status_reason: Option<String>,
+    pub health: Health,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub authorized_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub authorization_expires_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_refresh_at: Option<OffsetDateTime>,
+    pub last_error: Option<LastError>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+impl ConnectionJson {
+    pub fn new(row: ConnectionRow, tenant_slug: &str) -> Self {
+        let last_error = match (
+            row.last_error_code,
+            row.last_error_message,
+            row.last_error_at,
+        ) {
+            (Some(code), Some(message), Some(at)) => Some(LastError {
+                code,
+                message,
+                at: utc(at),
+            }),
+            _ => None,
+        };
+        ConnectionJson {
+            id: row.id,
+            tenant: tenant_slug.to_owned(),
+            selling_partner_id: row.selling_partner_id,
+            account_type: row.account_type,
+            region: row.region,
+            marketplace_id: row.marketplace_id,
+            store_name: row.store_name,
+            marketplace_ids: row.marketplace_ids,
+            status: row.status,
+            status_reason: row.status_reason,
+            health: row.health,
+            authorized_at: row.authorized_at.map(utc),
+            authorization_expires_at: row.authorization_expires_at.map(utc),
+            last_refresh_at: row.last_refresh_at.map(utc),
+            last_error,
+            created_at: utc(row.created_at),
+            updated_at: utc(row.updated_at),
+        }
+    }
+}
+
+fn utc(at: OffsetDateTime) -> OffsetDateTime {
+    at.to_offset(time::UtcOffset::UTC)
 }

@@ -139,6 +139,22 @@ text_enum! {
     }
 }
 
+text_enum! {
+    /// What an event announces (CONTRACT §8).
+    pub enum EventType ("event type") {
+        ConnectionConnected => "connection.connected",
+        ConnectionReconnected => "connection.reconnected",
+        ConnectionNeedsReauth => "connection.needs_reauth",
+        ConnectionDegraded => "connection.degraded",
+        ConnectionRecovered => "connection.recovered",
+        ConnectionExpiring => "connection.expiring",
+        ConnectionDisconnected => "connection.disconnected",
+        AppCredentialsRejected => "app.credentials_rejected",
+        AppCredentialsRecovered => "app.credentials_recovered",
+        AppSecretExpiring => "app.secret_expiring",
+    }
+}
+
 /// Amazon asks sellers to re-authorize public apps every 365 days: a
 /// connection's `authorization_expires_at` is its `authorized_at` plus this.
 /// (When it counts as `expiring` is the health rule's, in SQL.)

@@ -75,6 +75,7 @@ impl Jobs {
             .delete_expired(now)
             .await?;
         connections::delete_refresh_events_before(&self.db, now - REFRESH_HISTORY).await?;
+        crate::db::events::delete_before(&self.db, now - crate::events::KEPT_FOR).await?;
         Ok(())
     }
 

@@ -119,6 +119,17 @@ impl Fuse {
             serde_json::json!({"reason": "invalid_grant"}),
         )
         .await?;
+        crate::events::record_connection_event(
+            &mut tx,
+            crate::domain::EventType::ConnectionNeedsReauth,
+            fence.id,
+            crate::events::Details {
+                previous_status: Some(crate::domain::ConnectionStatus::Active),
+                reason: Some(reason),
+            },
+            now,
+        )
+        .await?;
         notify::send(&mut *tx, &Change::connection(fence.id)).await?;
         tx.commit().await?;
         Ok(FuseDecision::MarkedNeedsReauth)

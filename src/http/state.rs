@@ -36,6 +36,7 @@ pub struct Shared {
     pub connections: Arc<Connections>,
     pub summaries: Arc<Summaries>,
     pub spapi: Arc<SpApi>,
+    pub events: Arc<crate::events::Events>,
     pub headers: Arc<SecurityHeaders>,
     pub token_routes: Arc<super::api::tokens::TokenRoutes>,
     shutting_down: Arc<AtomicBool>,
@@ -63,6 +64,7 @@ impl AppState {
             connections: Arc::clone(&services.connections),
             summaries: Arc::clone(&services.summaries),
             spapi: Arc::clone(&services.spapi),
+            events: Arc::clone(&services.events),
             headers: Arc::new(SecurityHeaders::new(&services.config)),
             token_routes: Arc::new(super::api::tokens::TokenRoutes::new(
                 Arc::clone(&services.broker),
@@ -103,4 +105,5 @@ substates! {
     connections: Arc<Connections>,
     summaries: Arc<Summaries>,
     spapi: Arc<SpApi>,
+    events: Arc<crate::events::Events>,
 }

@@ -777,7 +777,7 @@ async fn the_ops_summary_counts_connections_and_refresh_outcomes() {
 }
 
 /// Every route of CONTRACT §3 under `/v1`, as (method, OpenAPI path).
-const V1_ROUTES: [(&str, &str); 10] = [
+const V1_ROUTES: [(&str, &str); 11] = [
     ("get", "/v1/tenants"),
     ("post", "/v1/tenants"),
     ("post", "/v1/tenants/{slug}/login-links"),
@@ -788,6 +788,7 @@ const V1_ROUTES: [(&str, &str); 10] = [
     ("post", "/v1/connections/{id}/restricted-data-token"),
     ("post", "/v1/grantless-token"),
     ("get", "/v1/ops/summary"),
+    ("get", "/v1/events"),
 ];
 
 #[tokio::test]

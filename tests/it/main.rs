@@ -10,6 +10,7 @@ mod callback_refusals;
 mod common;
 mod csrf;
 mod engine_defects;
+mod events;
 mod flow_support;
 mod key_rotation;
 mod login_link;

@@ -25,6 +25,8 @@ use wiremock::{Mock, ResponseTemplate};
 const REFRESH: &str = "Atzr|CANARY-REFRESH-5c1f0e9a7b3d";
 const ACCESS: &str = "Atza|CANARY-ACCESS-9e2d4b6a8c0f";
 const CLIENT_SECRET: &str = "CANARY-CLIENT-SECRET-0a1b2c3d4e5f";
+/// A valid webhook secret (base64 of 30 bytes) that reads as a canary.
+const WEBHOOK_SECRET: &str = "whsec_CANARYWEBHOOKSECRET0123456789abcdefghijk";
 /// The base64 and the raw bytes of the test encryption key (`TEST_KEY`).
 const KEY_BASE64: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 const KEY_RAW: &str = "0123456789abcdef0123456789abcdef";
@@ -192,10 +194,18 @@ async fn whole_flow(logs: Arc<Mutex<Vec<u8>>>) {
         .await;
     let token_url = token_url(&mock);
     let spapi = mock.uri();
+    Mock::given(method("POST"))
+        .and(path("/hooks"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&mock)
+        .await;
+    let hooks = format!("{}/hooks", mock.uri());
     let app = TestApp::spawn_with(move |s| {
         s.lwa_token_url = Some(token_url);
         s.spapi_url = Some(spapi);
         s.lwa_client_secret = Some(CLIENT_SECRET.into());
+        s.webhook_url = Some(hooks);
+        s.webhook_secret = Some(WEBHOOK_SECRET.into());
         s.log = "trace".into();
     })
     .await;
@@ -463,6 +473,21 @@ async fn whole_flow(logs: Arc<Mutex<Vec<u8>>>) {
         .iter()
         .all(|f| f.contains(&("client_secret".to_owned(), CLIENT_SECRET.to_owned()))));
 
+    // The events the flow made are delivered, signed with the canary secret.
+    let webhooks = app.services.webhooks.clone().unwrap();
+    while webhooks.deliver_due().await.unwrap().delivered > 0 {}
+    let delivered = mock
+        .received_requests()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.url.path() == "/hooks")
+        .count();
+    assert!(
+        delivered >= 1,
+        "a webhook was delivered while logging at trace"
+    );
+
     // Let any late log line (span closes, connection tasks) be written.
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let log = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
@@ -485,6 +510,7 @@ async fn whole_flow(logs: Arc<Mutex<Vec<u8>>>) {
         ("refresh token", REFRESH.to_owned()),
         ("access token", ACCESS.to_owned()),
         ("client secret", CLIENT_SECRET.to_owned()),
+        ("webhook secret", WEBHOOK_SECRET.to_owned()),
         ("encryption key", KEY_BASE64.to_owned()),
         ("encryption key bytes", KEY_RAW.to_owned()),
         ("canary marker", "CANARY".to_owned()),
@@ -505,6 +531,7 @@ async fn whole_flow(logs: Arc<Mutex<Vec<u8>>>) {
         REFRESH,
         ACCESS,
         CLIENT_SECRET,
+        WEBHOOK_SECRET,
         KEY_BASE64,
         KEY_RAW,
         "CANARY",

@@ -2,12 +2,11 @@
 //! Connection as the API shows it (CONTRACT §3). Never a token.
 
 use super::{ApiError, Caller};
-use crate::amazon::marketplaces::{AccountType, Region};
 use crate::api_keys::Scope;
 use crate::connections::Connections;
 use crate::db::connections::ConnectionRow;
 use crate::db::tenants::Tenant;
-use crate::domain::{ConnectionStatus, Health};
+use crate::domain::ConnectionStatus;
 use crate::tenants::Tenants;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -24,81 +23,7 @@ use uuid::Uuid;
 const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 200;
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct LastError {
-    pub code: String,
-    pub message: String,
-    #[serde(with = "time::serde::rfc3339")]
-    pub at: OffsetDateTime,
-}
-
-/// A connection as the API returns it.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct ConnectionJson {
-    pub id: Uuid,
-    /// The tenant's slug.
-    pub tenant: String,
-    pub selling_partner_id: String,
-    pub account_type: AccountType,
-    pub region: Region,
-    pub marketplace_id: String,
-    pub store_name: Option<String>,
-    pub marketplace_ids: Option<Vec<String>>,
-    pub status: ConnectionStatus,
-    pub status_reason: Option<String>,
-    pub health: Health,
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub authorized_at: Option<OffsetDateTime>,
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub authorization_expires_at: Option<OffsetDateTime>,
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub last_refresh_at: Option<OffsetDateTime>,
-    pub last_error: Option<LastError>,
-    #[serde(with = "time::serde::rfc3339")]
-    pub created_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
-    pub updated_at: OffsetDateTime,
-}
-
-impl ConnectionJson {
-    pub fn new(row: ConnectionRow, tenant_slug: &str) -> Self {
-        let last_error = match (
-            row.last_error_code,
-            row.last_error_message,
-            row.last_error_at,
-        ) {
-            (Some(code), Some(message), Some(at)) => Some(LastError {
-                code,
-                message,
-                at: utc(at),
-            }),
-            _ => None,
-        };
-        ConnectionJson {
-            id: row.id,
-            tenant: tenant_slug.to_owned(),
-            selling_partner_id: row.selling_partner_id,
-            account_type: row.account_type,
-            region: row.region,
-            marketplace_id: row.marketplace_id,
-            store_name: row.store_name,
-            marketplace_ids: row.marketplace_ids,
-            status: row.status,
-            status_reason: row.status_reason,
-            health: row.health,
-            authorized_at: row.authorized_at.map(utc),
-            authorization_expires_at: row.authorization_expires_at.map(utc),
-            last_refresh_at: row.last_refresh_at.map(utc),
-            last_error,
-            created_at: utc(row.created_at),
-            updated_at: utc(row.updated_at),
-        }
-    }
-}
-
-fn utc(at: OffsetDateTime) -> OffsetDateTime {
-    at.to_offset(time::UtcOffset::UTC)
-}
+pub use crate::connections::{ConnectionJson, LastError};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

@@ -3,6 +3,7 @@
 //! in an answer ever echoes a secret. Handlers are thin: parse, call, answer.
 
 pub mod connections;
+pub mod events;
 pub mod openapi;
 pub mod ops;
 pub mod tenants;
@@ -299,6 +300,7 @@ pub fn router() -> Router<AppState> {
         )
         .route("/v1/grantless-token", post(tokens::grantless_token))
         .route("/v1/ops/summary", get(ops::summary))
+        .route("/v1/events", get(events::list_events))
         .route("/openapi.json", get(openapi::openapi_json))
         .route("/v1/{*rest}", axum::routing::any(api_not_found))
 }

@@ -2,7 +2,7 @@
 //! annotations (utoipa), so it cannot drift from the code.
 
 use super::connections::{ConnectionJson, LastError};
-use super::{connections, ops, tenants, tokens};
+use super::{connections, events, ops, tenants, tokens};
 use crate::domain::Health;
 use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -34,7 +34,7 @@ impl Modify for ApiKeyAuth {
         tenants::list_tenants, tenants::create_tenant, tenants::create_login_link,
         connections::list_connections, connections::get_connection, connections::delete_connection,
         tokens::access_token, tokens::restricted_data_token, tokens::grantless_token,
-        ops::summary,
+        ops::summary, events::list_events,
     ),
     components(schemas(ConnectionJson, Health, LastError)),
     modifiers(&ApiKeyAuth),

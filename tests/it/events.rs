@@ -1,0 +1,273 @@
+//! Events and webhooks (CONTRACT §8): the outbox written with each change,
+//! Standard Webhooks delivery (verified here by an implementation written
+//! from the specification, not by the product's signing code), retries with
+//! the same `webhook-id`, order per connection, restarts, and the feed.
+
+use crate::common::*;
+use crate::token_support::*;
+use axum::http::{HeaderMap, StatusCode};
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use serde_json::Value;
+use sha2::Sha256;
+use std::sync::{Arc, Mutex};
+use tokio::net::TcpListener;
+
+/// Two secrets (a rotation in progress): every delivery carries a signature by each.
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const OLDER_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+
+#[derive(Clone, Debug)]
+struct Delivery {
+    id: String,
+    timestamp: String,
+    signature: String,
+    body: String,
+}
+
+/// A webhook receiver on 127.0.0.1: answers the statuses it is given in
+/// turn (then 200), and keeps every request.
+#[derive(Clone)]
+struct Receiver {
+    url: String,
+    received: Arc<Mutex<Vec<Delivery>>>,
+}
+
+async fn receiver(mut statuses: Vec<u16>) -> Receiver {
+    statuses.reverse();
+    let script = Arc::new(Mutex::new(statuses));
+    let received: Arc<Mutex<Vec<Delivery>>> = Arc::default();
+    let kept = Arc::clone(&received);
+    let handler = move |headers: HeaderMap, body: String| {
+        let (script, kept) = (Arc::clone(&script), Arc::clone(&kept));
+        async move {
+            let header = |name: &str| {
+                headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            kept.lock().unwrap().push(Delivery {
+                id: header("webhook-id"),
+                timestamp: header("webhook-timestamp"),
+                signature: header("webhook-signature"),
+                body,
+            });
+            let status = script.lock().unwrap().pop().unwrap_or(200);
+            StatusCode::from_u16(status).unwrap()
+        }
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+    let router = axum::Router::new().route("/hooks", axum::routing::post(handler));
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    Receiver { url, received }
+}
+
+impl Receiver {
+    fn deliveries(&self) -> Vec<Delivery> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+/// Standard Webhooks, from the specification: `v1,` + base64(HMAC-SHA256 of
+/// `{id}.{timestamp}.{body}`, keyed with the base64-decoded part of `whsec_…`).
+fn signed_by(secret: &str, d: &Delivery) -> bool {
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(secret.strip_prefix("whsec_").unwrap())
+        .unwrap();
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{}.{}.{}", d.id, d.timestamp, d.body).as_bytes());
+    let expected = format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    );
+    d.signature.split(' ').any(|s| s == expected)
+}
+
+async fn app_delivering_to(url: &str) -> TestApp {
+    let url = url.to_owned();
+    TestApp::spawn_with(move |s| {
+        s.webhook_url = Some(url);
+        s.webhook_secret = Some(format!("{SECRET},{OLDER_SECRET}"));
+    })
+    .await
+}
+
+/// Delivery rounds, moving the app's clock past each retry's wait, until
+/// the receiver has `count` requests (the background deliverer runs too).
+async fn deliver_until(app: &TestApp, receiver: &Receiver, count: usize) {
+    let webhooks = app.services.webhooks.clone().expect("webhooks configured");
+    for _ in 0..200 {
+        if receiver.deliveries().len() >= count {
+            return;
+        }
+        webhooks.deliver_due().await.unwrap();
+        app.clock.advance(time::Duration::seconds(6));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!(
+        "{} deliveries, expected {count}",
+        receiver.deliveries().len()
+    );
+}
+
+fn body(d: &Delivery) -> Value {
+    serde_json::from_str(&d.body).unwrap()
+}
+
+#[tokio::test]
+async fn webhooks_are_signed_retried_with_one_id_and_ordered_and_the_feed_lists_the_same() {
+    let hooks = receiver(vec![500, 500]).await;
+    let app = app_delivering_to(&hooks.url).await;
+    let id = app
+        .seed_connection("acme", "A1EVENTS", "Atzr|r", "Atza|a", secs(3600))
+        .await;
+    let manager = app.api_key(Some("acme"), &["connections:manage"]).await;
+    let deleted = call(
+        &reqwest::Client::new(),
+        reqwest::Method::DELETE,
+        &app.url(&format!("/v1/connections/{id}")),
+        Some(&manager),
+        None,
+    )
+    .await;
+    assert_eq!(deleted.status, 204, "{deleted:?}");
+
+    deliver_until(&app, &hooks, 4).await;
+    let deliveries = hooks.deliveries();
+    assert_eq!(deliveries.len(), 4, "no attempt was made twice");
+    for d in &deliveries {
+        assert!(signed_by(SECRET, d), "signed with the first secret: {d:?}");
+        assert!(signed_by(OLDER_SECRET, d), "and with the older one");
+        assert!(!signed_by("whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", d));
+    }
+    // Two failures, then delivered: three attempts with one id; only then
+    // the connection's next event.
+    let first = &deliveries[0];
+    assert!(first.id.starts_with("evt_"));
+    assert!(deliveries[..3]
+        .iter()
+        .all(|d| d.id == first.id && d.body == first.body));
+    assert_eq!(body(first)["type"], "connection.connected");
+    assert_eq!(body(first)["id"], first.id);
+    assert_eq!(body(first)["data"]["connection"]["id"], id.to_string());
+    assert_eq!(body(first)["data"]["connection"]["status"], "active");
+    let second = &deliveries[3];
+    assert_ne!(second.id, first.id);
+    assert_eq!(body(second)["type"], "connection.disconnected");
+    assert_eq!(body(second)["data"]["previous_status"], "active");
+    assert_eq!(body(second)["data"]["connection"]["status"], "disconnected");
+    for d in &deliveries {
+        assert!(
+            !d.body.contains("Atza|") && !d.body.contains("Atzr|"),
+            "never a token"
+        );
+    }
+
+    // The feed: the same events, in order, a page at a time.
+    let reader = app.api_key(Some("acme"), &["connections:read"]).await;
+    let page = get(&app, "/v1/events?limit=1", &reader).await;
+    assert_eq!(page.status, 200, "{page:?}");
+    assert_eq!(page.body["items"].as_array().unwrap().len(), 1);
+    assert_eq!(page.body["items"][0], body(first));
+    let cursor = page.body["next_cursor"].as_str().unwrap().to_owned();
+    let next = get(&app, &format!("/v1/events?limit=1&after={cursor}"), &reader).await;
+    assert_eq!(next.body["items"][0], body(second));
+    let cursor = next.body["next_cursor"].as_str().unwrap().to_owned();
+    let rest = get(&app, &format!("/v1/events?after={cursor}"), &reader).await;
+    assert_eq!(rest.body["items"], Value::Array(vec![]));
+    assert_eq!(
+        rest.body["next_cursor"], cursor,
+        "a poller resumes where it stopped"
+    );
+    let bad = get(&app, "/v1/events?after=nonsense", &reader).await;
+    assert_eq!(bad.status, 422);
+    assert_eq!(bad.body["code"], "invalid_request");
+
+    // Another tenant's key sees none of it; a platform key sees all.
+    app.create_tenant("other").await;
+    let other = app.api_key(Some("other"), &["connections:read"]).await;
+    let none = get(&app, "/v1/events", &other).await;
+    assert_eq!(none.body["items"], Value::Array(vec![]));
+    let platform = app.api_key(None, &["connections:read"]).await;
+    let all = get(&app, "/v1/events", &platform).await;
+    assert_eq!(all.body["items"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn an_event_pending_across_a_restart_is_still_delivered() {
+    let down = receiver(vec![503; 100]).await;
+    let first = app_delivering_to(&down.url).await;
+    let id = first
+        .seed_connection("acme", "A1RESTART", "Atzr|r", "Atza|a", secs(3600))
+        .await;
+    deliver_until(&first, &down, 1).await;
+    let db = Arc::clone(&first.db);
+    drop(first);
+
+    let up = receiver(vec![]).await;
+    let url = up.url.clone();
+    let second = TestApp::spawn_on(db, move |s| {
+        s.webhook_url = Some(url);
+        s.webhook_secret = Some(SECRET.to_owned());
+    })
+    .await;
+    deliver_until(&second, &up, 1).await;
+    let delivered = &up.deliveries()[0];
+    assert_eq!(
+        delivered.id,
+        down.deliveries()[0].id,
+        "the same event, the same id"
+    );
+    assert_eq!(body(delivered)["data"]["connection"]["id"], id.to_string());
+    assert!(signed_by(SECRET, delivered));
+    let state: String = sqlx::query_scalar("select delivery_state from event")
+        .fetch_one(&second.pool)
+        .await
+        .unwrap();
+    assert_eq!(state, "delivered");
+}
+
+#[tokio::test]
+async fn a_needs_reauth_is_announced_with_its_reason() {
+    let app = TestApp::spawn().await;
+    let browser = app.signed_in_browser("acme", "u1").await;
+    assert_eq!(
+        browser
+            .connect_through("ATVPDKIKX0DER", "A1REVOKED")
+            .await
+            .status(),
+        303
+    );
+    let id = connection_rows(&browser.page().await)[0].0.clone();
+    let sandbox = app.services.sandbox.clone().expect("sandbox mode");
+    sandbox.revoke_seller("A1REVOKED").await.unwrap();
+    let key = app
+        .api_key(Some("acme"), &["tokens:issue", "connections:read"])
+        .await;
+    let answer = post(
+        &app,
+        &format!("/v1/connections/{id}/access-token"),
+        &key,
+        serde_json::json!({"force_refresh": true}),
+    )
+    .await;
+    assert_eq!(answer.status, 409, "{answer:?}");
+    let feed = get(&app, "/v1/events", &key).await;
+    let types: Vec<&str> = feed.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["connection.connected", "connection.needs_reauth"]);
+    let event = &feed.body["items"][1];
+    assert_eq!(event["data"]["connection"]["status"], "needs_reauth");
+    assert_eq!(event["data"]["previous_status"], "active");
+    assert!(event["data"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("invalid_grant"));
+}
