@@ -104,6 +104,26 @@ impl Webhooks {
     }
 
     async fn attempt(&self, event: &DueEvent, claim: Uuid) -> Result<Sent, sqlx::Error> {
+        // Older than the retry window (made while no URL was configured, or
+        // by an instance that stopped for days): given up unsent.
+        let now = self.clock.now();
+        if now - event.created_at >= GIVE_UP_AFTER {
+            let error = "not delivered within 3 days of the event";
+            events::record_attempt(
+                &self.db,
+                event.seq,
+                claim,
+                now,
+                Attempt::Failed {
+                    status: None,
+                    error,
+                    next_at: now,
+                    give_up: true,
+                },
+            )
+            .await?;
+            return Ok(Sent::GivenUp);
+        }
         let answer = self.post(event).await;
         let now = self.clock.now();
         let (attempt, sent) = match answer {

@@ -271,3 +271,35 @@ async fn a_needs_reauth_is_announced_with_its_reason() {
         .unwrap()
         .contains("invalid_grant"));
 }
+
+#[tokio::test]
+async fn an_event_older_than_three_days_is_given_up_unsent() {
+    let hooks = receiver(vec![]).await;
+    let app = app_delivering_to(&hooks.url).await;
+    app.seed_connection("acme", "A1LATE", "Atzr|r", "Atza|a", secs(3600))
+        .await;
+    // Nothing delivered it for three days (say no URL was configured).
+    app.clock
+        .advance(time::Duration::days(3) + time::Duration::seconds(1));
+    let webhooks = app.services.webhooks.clone().unwrap();
+    let mut given_up = 0;
+    for _ in 0..20 {
+        given_up += webhooks.deliver_due().await.unwrap().given_up;
+        let state: String = sqlx::query_scalar("select delivery_state from event")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+        if state == "failed" {
+            break;
+        }
+    }
+    let (state, error): (String, String) =
+        sqlx::query_as("select delivery_state, last_error from event")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(state, "failed");
+    assert!(error.contains("3 days"), "{error}");
+    assert!(given_up <= 1);
+    assert!(hooks.deliveries().is_empty(), "never sent");
+}
