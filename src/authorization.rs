@@ -10,7 +10,7 @@
 
 use crate::amazon::lwa::{Grant, LwaClient, LwaError, TOTAL_TIMEOUT};
 use crate::amazon::marketplaces::{self, AccountType, Marketplace, Region};
-use crate::amazon::spapi::{SpApi, SpApiError};
+use crate::amazon::spapi::{SellerAccount, SpApi, SpApiError};
 use crate::broker::{AppCredentials, TokenBroker};
 use crate::clock::Clock;
 use crate::config::{AmazonMode, Config};
@@ -329,6 +329,11 @@ impl Authorizer {
             now,
         )
         .await?;
+        // A reconnect can end a degraded period (it clears the row's error).
+        let before = match is_new {
+            true => None,
+            false => connections::health_for_update(&mut **tx, id, now).await?,
+        };
         let tenant = a.tenant_id.to_string();
         let row = id.to_string();
         let context = |purpose| SealContext {
@@ -383,6 +388,9 @@ impl Authorizer {
         .await?;
         events::record_connection_event(tx, event_type, id, events::Details::default(), now)
             .await?;
+        if let Some(before) = before {
+            events::record_health_change(tx, id, before, now).await?;
+        }
         notify::send(&mut **tx, &Change::connection(id)).await?;
         Ok((id, is_new))
     }
@@ -391,37 +399,54 @@ impl Authorizer {
     /// failure leaves the connection `active` and `degraded`, with a
     /// `last_error` in plain words; a success clears such an error.
     async fn verify_seller(&self, id: Uuid, region: Region, access_token: &SecretString) {
-        let now = self.clock.now();
-        let stored = match self
+        let verified = self
             .spapi
             .marketplace_participations(region, access_token)
-            .await
-        {
+            .await;
+        if let Err(e) = &verified {
+            tracing::warn!(connection = %id, error = %e, "seller verification failed");
+        }
+        // The broker caches none of this: nothing to forget.
+        if let Err(e) = self.store_verification(id, verified).await {
+            tracing::warn!(connection = %id, error = %e, "could not store the seller verification");
+        }
+    }
+
+    /// Stores what verification found, announcing a change of health
+    /// (`connection.degraded` / `connection.recovered`) in the same transaction.
+    async fn store_verification(
+        &self,
+        id: Uuid,
+        verified: Result<SellerAccount, SpApiError>,
+    ) -> Result<(), sqlx::Error> {
+        let now = self.clock.now();
+        let mut tx = self.db.begin().await?;
+        let Some(before) = connections::health_for_update(&mut *tx, id, now).await? else {
+            return Ok(());
+        };
+        match verified {
             Ok(account) => {
                 connections::update_verified_details(
-                    &self.db,
+                    &mut *tx,
                     id,
                     account.store_name.as_deref(),
                     &account.marketplace_ids,
                     now,
                 )
-                .await
+                .await?
             }
             Err(e) => {
-                tracing::warn!(connection = %id, error = %e, "seller verification failed");
                 connections::record_verification_failure(
-                    &self.db,
+                    &mut *tx,
                     id,
                     &verification_failure_message(&e),
                     now,
                 )
-                .await
+                .await?
             }
-        };
-        // The broker caches none of this: nothing to forget.
-        if let Err(e) = stored {
-            tracing::warn!(connection = %id, error = %e, "could not store the seller verification");
         }
+        events::record_health_change(&mut tx, id, before, now).await?;
+        tx.commit().await
     }
 }
 

@@ -135,7 +135,7 @@ impl Connections {
             id,
             events::Details {
                 previous_status: Some(previous_status),
-                reason: None,
+                ..events::Details::default()
             },
             now,
         )

@@ -6,9 +6,10 @@
 //! change left it: every delivery attempt and the feed carry the same bytes.
 
 use crate::connections::ConnectionJson;
+use crate::db::connections::ConnectionRow;
 use crate::db::events::{self, FeedEvent, NewEvent};
 use crate::db::{connections, tenants};
-use crate::domain::{ConnectionStatus, EventType};
+use crate::domain::{ConnectionStatus, EventType, Health};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
@@ -24,6 +25,17 @@ pub struct Details<'a> {
     pub previous_status: Option<ConnectionStatus>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'a str>,
+    /// `connection.recovered`: the degraded period.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gap: Option<Gap>,
+}
+
+#[derive(Serialize)]
+pub struct Gap {
+    #[serde(with = "time::serde::rfc3339")]
+    pub from: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub to: OffsetDateTime,
 }
 
 #[derive(Serialize)]
@@ -55,12 +67,62 @@ pub async fn record_connection_event(
     let Some(row) = connections::find(&mut *tx, connection_id, now).await? else {
         return Ok(());
     };
+    insert_connection_event(tx, event_type, row, details, now).await
+}
+
+/// After a change made in `tx` to a connection whose health was `before`:
+/// `connection.degraded` when it became degraded, `connection.recovered`
+/// (with the gap since it was announced degraded) when it stopped being so
+/// while still active. Nothing otherwise.
+pub async fn record_health_change(
+    tx: &mut PgConnection,
+    connection_id: Uuid,
+    before: Health,
+    now: OffsetDateTime,
+) -> Result<(), sqlx::Error> {
+    let Some(row) = connections::find(&mut *tx, connection_id, now).await? else {
+        return Ok(());
+    };
+    let (was, is) = (before == Health::Degraded, row.health == Health::Degraded);
+    if !was && is {
+        let reason = row.last_error_message.clone();
+        let details = Details {
+            reason: reason.as_deref(),
+            ..Details::default()
+        };
+        insert_connection_event(tx, EventType::ConnectionDegraded, row, details, now).await
+    } else if was && !is && row.status == ConnectionStatus::Active {
+        let since = events::last_of_type(&mut *tx, connection_id, EventType::ConnectionDegraded)
+            .await?
+            .or(row.last_error_at)
+            .unwrap_or(now);
+        let details = Details {
+            gap: Some(Gap {
+                from: in_utc_micros(since),
+                to: in_utc_micros(now),
+            }),
+            ..Details::default()
+        };
+        insert_connection_event(tx, EventType::ConnectionRecovered, row, details, now).await
+    } else {
+        Ok(())
+    }
+}
+
+async fn insert_connection_event(
+    tx: &mut PgConnection,
+    event_type: EventType,
+    row: ConnectionRow,
+    details: Details<'_>,
+    now: OffsetDateTime,
+) -> Result<(), sqlx::Error> {
+    let connection_id = row.id;
     let Some(tenant) = tenants::find_tenant(&mut *tx, row.tenant_id).await? else {
         return Ok(());
     };
     let tenant_id = row.tenant_id;
     let id = new_event_id();
-    let created_at = now.to_offset(time::UtcOffset::UTC);
+    let created_at = in_utc_micros(now);
     let body = Body {
         id: &id,
         event_type,
@@ -83,6 +145,14 @@ pub async fn record_connection_event(
         },
     )
     .await
+}
+
+/// At PostgreSQL's precision, so that a time in a body and the same time
+/// read back from a column agree.
+fn in_utc_micros(at: OffsetDateTime) -> OffsetDateTime {
+    let at = at.to_offset(time::UtcOffset::UTC);
+    at.replace_nanosecond(at.nanosecond() / 1_000 * 1_000)
+        .unwrap_or(at)
 }
 
 fn new_event_id() -> String {

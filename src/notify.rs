@@ -47,6 +47,8 @@ impl ChangeListener {
             }
             match self.listen().await {
                 Ok(listener) => {
+                    // The age first: "connected" is never shown without it.
+                    crate::metrics::listener_heartbeat_age(0.0);
                     crate::metrics::listener_connected(true);
                     self.hear(listener, &mut stop).await;
                     crate::metrics::listener_connected(false);

@@ -126,6 +126,7 @@ impl Fuse {
             crate::events::Details {
                 previous_status: Some(crate::domain::ConnectionStatus::Active),
                 reason: Some(reason),
+                gap: None,
             },
             now,
         )

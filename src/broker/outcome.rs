@@ -19,9 +19,10 @@ use super::retry::Attempted;
 use super::{seal_context, TokenBroker};
 use crate::amazon::lwa::{LwaError, Tokens};
 use crate::crypto::Purpose;
-use crate::db::connections::{self, Refreshed};
+use crate::db::connections::{self, Fence, Refreshed};
 use crate::db::notify::{self, Change};
 use crate::error::Error;
+use crate::events;
 use secrecy::{ExposeSecret, SecretString};
 use std::sync::Arc;
 use time::{Duration, OffsetDateTime};
@@ -136,8 +137,8 @@ async fn stored(
         .await;
     }
     let now = broker.clock.now();
-    let written = connections::store_refreshed(
-        &broker.db,
+    let written = write_refreshed(
+        broker,
         fence,
         Refreshed {
             access_token_sealed: &access_sealed,
@@ -186,6 +187,58 @@ async fn stored(
             })))
         }
     }
+}
+
+/// Stores the refreshed token (fenced) and, in the same transaction, a
+/// `connection.recovered` when failed refreshes had degraded the connection.
+/// `None` when fenced out.
+async fn write_refreshed(
+    broker: &TokenBroker,
+    fence: Fence,
+    refreshed: Refreshed<'_>,
+) -> Result<Option<i64>, sqlx::Error> {
+    let now = refreshed.now;
+    let mut tx = broker.db.begin().await?;
+    let Some(before) = connections::health_for_update(&mut *tx, fence.id, now).await? else {
+        return Ok(None);
+    };
+    let Some(generation) = connections::store_refreshed(&mut *tx, fence, refreshed).await? else {
+        return Ok(None);
+    };
+    events::record_health_change(&mut tx, fence.id, before, now).await?;
+    tx.commit().await?;
+    Ok(Some(generation))
+}
+
+/// Records a passing failure (fenced) and, in the same transaction, a
+/// `connection.degraded` when this failure degrades the connection. False
+/// when fenced out.
+async fn write_failure(
+    broker: &TokenBroker,
+    fence: Fence,
+    message: &str,
+    cooldown_until: OffsetDateTime,
+    now: OffsetDateTime,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = broker.db.begin().await?;
+    let Some(before) = connections::health_for_update(&mut *tx, fence.id, now).await? else {
+        return Ok(false);
+    };
+    if !connections::record_refresh_failure(
+        &mut *tx,
+        fence,
+        "amazon_unavailable",
+        message,
+        cooldown_until,
+        now,
+    )
+    .await?
+    {
+        return Ok(false);
+    }
+    events::record_health_change(&mut tx, fence.id, before, now).await?;
+    tx.commit().await?;
+    Ok(true)
 }
 
 /// The refresh's write was fenced out: the row as the newer writer left it.
@@ -238,15 +291,7 @@ async fn failed(
     let failures = snapshot.refresh_failures().max(0) as u32 + 1;
     let wait = cooldown(failures);
     let now = broker.clock.now();
-    let recorded = connections::record_refresh_failure(
-        &broker.db,
-        fence,
-        "amazon_unavailable",
-        message,
-        now + wait,
-        now,
-    )
-    .await?;
+    let recorded = write_failure(broker, fence, message, now + wait, now).await?;
     settling.guard.settled();
     record_event(broker, fence.id, "amazon_unavailable", latency_ms).await;
     if recorded {

@@ -100,6 +100,25 @@ pub async fn find(
     .await
 }
 
+/// The connection's health now, locking its row until the transaction ends:
+/// read before a change, so that the change's health event is judged against
+/// what it replaced.
+#[tracing::instrument(skip_all)]
+pub async fn health_for_update(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    now: OffsetDateTime,
+) -> Result<Option<Health>, sqlx::Error> {
+    sqlx::query_scalar(
+        "select connection_health(status, last_error_code, authorization_expires_at, $2)
+         from connection where id = $1 for update",
+    )
+    .bind(id)
+    .bind(now)
+    .fetch_optional(db)
+    .await
+}
+
 /// A page of a tenant's connections, filtered, in creation order, after the
 /// cursor `(created_at, id)`.
 pub struct PageQuery<'a> {

@@ -33,6 +33,23 @@ pub async fn insert(db: impl PgExecutor<'_>, e: &NewEvent<'_>) -> Result<(), sql
     Ok(())
 }
 
+/// When the connection's latest event of this type was written.
+#[tracing::instrument(skip_all)]
+pub async fn last_of_type(
+    db: impl PgExecutor<'_>,
+    connection_id: Uuid,
+    event_type: EventType,
+) -> Result<Option<OffsetDateTime>, sqlx::Error> {
+    sqlx::query_scalar(
+        "select created_at from event where connection_id = $1 and type = $2
+         order by seq desc limit 1",
+    )
+    .bind(connection_id)
+    .bind(event_type)
+    .fetch_optional(db)
+    .await
+}
+
 /// An event as the feed lists it.
 #[derive(sqlx::FromRow)]
 pub struct FeedEvent {

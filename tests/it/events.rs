@@ -303,3 +303,48 @@ async fn an_event_older_than_three_days_is_given_up_unsent() {
     assert!(given_up <= 1);
     assert!(hooks.deliveries().is_empty(), "never sent");
 }
+
+#[tokio::test]
+async fn failed_refreshes_degrade_once_and_a_good_one_recovers_with_the_gap() {
+    let mock = lwa_answering_refresh(wiremock::ResponseTemplate::new(500)).await;
+    let app = spawn_with_lwa(&mock).await;
+    let id = app
+        .seed_connection("acme", "A1BROWNOUT", "Atzr|r", "Atza|old", secs(100))
+        .await;
+    let key = app
+        .api_key(None, &["tokens:issue", "connections:read"])
+        .await;
+    let min_ttl = serde_json::json!({"min_ttl_seconds": 3000});
+    // A failed refresh, then a request in its cooldown: degraded is announced once.
+    for body in [serde_json::json!({}), min_ttl.clone()] {
+        let answer = access_token(&app, &key, id, body).await;
+        assert_eq!(
+            answer.body["refresh_error"], "amazon_unavailable",
+            "{answer:?}"
+        );
+    }
+    app.clock.advance(secs(61));
+    mock.reset().await;
+    on_refresh(&mock, lwa_tokens("Atza|new", "Atzr|r", 3600)).await;
+    let answer = access_token(&app, &key, id, min_ttl).await;
+    assert_eq!(answer.access_token(), "Atza|new", "{answer:?}");
+
+    let feed = get(&app, "/v1/events", &key).await;
+    let items = feed.body["items"].as_array().unwrap();
+    let types: Vec<&str> = items.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types,
+        [
+            "connection.connected",
+            "connection.degraded",
+            "connection.recovered"
+        ]
+    );
+    assert_eq!(
+        items[1]["data"]["connection"]["last_error"]["code"],
+        "amazon_unavailable"
+    );
+    assert_eq!(items[2]["data"]["gap"]["from"], items[1]["created_at"]);
+    assert_eq!(items[2]["data"]["gap"]["to"], items[2]["created_at"]);
+    assert_eq!(items[2]["data"]["connection"]["health"], "ok");
+}

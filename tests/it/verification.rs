@@ -106,4 +106,33 @@ async fn a_failed_verification_degrades_the_connection_until_one_succeeds() {
     assert_eq!(connection["last_error"], Value::Null);
     assert_eq!(connection["store_name"], "Acme Goods");
     assert_eq!(connection["marketplace_ids"], json!(["ATVPDKIKX0DER"]));
+
+    // Announced: degraded once (the refresh in between changed nothing),
+    // then recovered with the gap.
+    let feed = get(&app, "/v1/events", &shown_key(&app).await).await;
+    let items = feed.body["items"].as_array().unwrap();
+    let types: Vec<&str> = items.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types,
+        [
+            "connection.connected",
+            "connection.degraded",
+            "connection.reconnected",
+            "connection.recovered"
+        ]
+    );
+    let degraded = &items[1];
+    assert!(degraded["data"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("role"));
+    assert_eq!(degraded["data"]["connection"]["health"], "degraded");
+    let gap = &items[3]["data"]["gap"];
+    assert_eq!(gap["from"], degraded["created_at"], "{gap}");
+    assert!(gap["to"].as_str().unwrap() >= gap["from"].as_str().unwrap());
+    assert_eq!(items[3]["data"]["connection"]["health"], "ok");
+}
+
+async fn shown_key(app: &TestApp) -> String {
+    app.api_key(None, &["connections:read"]).await
 }
