@@ -22,6 +22,7 @@ use crate::login_links::LoginLinks;
 use crate::notify::ChangeListener;
 use crate::ops_summary::Summaries;
 use crate::sandbox::Sandbox;
+use crate::sweep::Sweep;
 use crate::tenants::Tenants;
 use crate::webhooks::Webhooks;
 use axum::Router;
@@ -48,6 +49,7 @@ pub struct Services {
     pub summaries: Arc<Summaries>,
     pub spapi: Arc<SpApi>,
     pub events: Arc<Events>,
+    pub sweep: Arc<Sweep>,
     /// Webhook delivery, when a webhook URL is configured.
     pub webhooks: Option<Arc<Webhooks>>,
     /// The simulated Amazon, in sandbox mode only.
@@ -154,6 +156,12 @@ impl Services {
                 Arc::clone(&credentials),
             )),
             events: Arc::new(Events::new(db.clone())),
+            sweep: Arc::new(Sweep::new(
+                db.clone(),
+                Arc::clone(&clock),
+                Arc::clone(&broker),
+                config.sweep,
+            )),
             webhooks,
             config,
             db,
@@ -218,6 +226,7 @@ pub async fn serve(
         .webhooks
         .clone()
         .map(|webhooks| tokio::spawn(webhooks.run(stop_rx.clone())));
+    let sweep_task = tokio::spawn(Arc::clone(&services.sweep).run(stop_rx.clone()));
     let jobs_task = tokio::spawn(services.jobs().run(stop_rx));
     let router = services.router();
     let served = axum::serve(listener, router)
@@ -230,6 +239,7 @@ pub async fn serve(
     let _ = stop_tx.send(true);
     // Jobs stop at a batch boundary and flush what they hold.
     let _ = jobs_task.await;
+    let _ = sweep_task.await;
     if let Some(task) = webhooks_task {
         let _ = task.await;
     }

@@ -63,6 +63,8 @@ pub enum Command {
     Keys(KeysCommand),
     /// A new webhook signing secret (`whsec_…`), alone on one line.
     WebhookSecret,
+    /// Runs one health-sweep pass now, within the sweep's rate budget.
+    Sweep,
 }
 
 #[derive(Subcommand)]
@@ -223,6 +225,10 @@ async fn admin(services: &Services, command: Command) -> Result<(), CliError> {
         Command::Tenant(TenantCommand::Create { slug, name }) => {
             let tenant = services.tenants.create(&slug, name.as_deref()).await?;
             println!("{}", json_line(&tenant));
+        }
+        Command::Sweep => {
+            let counts = services.sweep.pass().await?;
+            println!("{}", json_line(&counts));
         }
         Command::Tenant(TenantCommand::List) => {
             for tenant in services.tenants.list().await? {

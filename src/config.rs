@@ -64,6 +64,19 @@ pub struct Settings {
     /// `json` for JSON lines.
     #[arg(long, env = "SP_BROKER_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+    /// Seconds between health-sweep passes; 0 turns the sweep off.
+    #[arg(long, env = "SP_BROKER_SWEEP_INTERVAL_SECONDS", default_value = "3600")]
+    pub sweep_interval_seconds: String,
+    /// An active connection not refreshed for this long is due for the sweep.
+    #[arg(
+        long,
+        env = "SP_BROKER_SWEEP_STALE_AFTER_SECONDS",
+        default_value = "86400"
+    )]
+    pub sweep_stale_after_seconds: String,
+    /// The most sweep refreshes per second, all instances together.
+    #[arg(long, env = "SP_BROKER_SWEEP_RATE", default_value = "2")]
+    pub sweep_rate: String,
     /// Where events are POSTed (CONTRACT §8).
     #[arg(long, env = "SP_BROKER_WEBHOOK_URL")]
     pub webhook_url: Option<String>,
@@ -125,6 +138,72 @@ pub struct Config {
     pub log_json: bool,
     /// Webhook delivery, when a URL is configured.
     pub webhooks: Option<WebhookConfig>,
+    pub sweep: SweepConfig,
+}
+
+/// The health sweep's settings (CONTRACT §5).
+#[derive(Debug, Clone, Copy)]
+pub struct SweepConfig {
+    /// Between passes; `None`: no background sweep (`sp-broker sweep` still runs one).
+    pub interval: Option<std::time::Duration>,
+    pub stale_after: std::time::Duration,
+    /// Refresh calls per second, all instances together.
+    pub rate: f64,
+}
+
+/// `raw` as whole seconds; empty means `default`.
+fn parse_seconds(
+    variable: &'static str,
+    raw: &str,
+    default: u64,
+    min: u64,
+) -> Result<u64, ConfigError> {
+    if raw.trim().is_empty() {
+        return Ok(default);
+    }
+    raw.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|s| *s >= min && *s <= 366 * 86_400)
+        .ok_or_else(|| {
+            bad(
+                variable,
+                format!("`{raw}` is not a whole number of seconds from {min} to 31622400"),
+            )
+        })
+}
+
+fn parse_sweep(settings: &Settings) -> Result<SweepConfig, ConfigError> {
+    let interval = parse_seconds(
+        "SP_BROKER_SWEEP_INTERVAL_SECONDS",
+        &settings.sweep_interval_seconds,
+        3600,
+        0,
+    )?;
+    let stale_after = parse_seconds(
+        "SP_BROKER_SWEEP_STALE_AFTER_SECONDS",
+        &settings.sweep_stale_after_seconds,
+        86_400,
+        60,
+    )?;
+    let rate = Some(settings.sweep_rate.trim())
+        .map(|raw| if raw.is_empty() { "2" } else { raw })
+        .and_then(|raw| raw.parse::<f64>().ok())
+        .filter(|r| r.is_finite() && *r >= 0.01 && *r <= 1000.0)
+        .ok_or_else(|| {
+            bad(
+                "SP_BROKER_SWEEP_RATE",
+                format!(
+                    "`{}` is not a number of calls per second from 0.01 to 1000",
+                    settings.sweep_rate
+                ),
+            )
+        })?;
+    Ok(SweepConfig {
+        interval: (interval > 0).then(|| std::time::Duration::from_secs(interval)),
+        stale_after: std::time::Duration::from_secs(stale_after),
+        rate,
+    })
 }
 
 /// Where events are delivered and the secrets that sign them. Not `Debug`.
@@ -381,6 +460,7 @@ impl Config {
         };
 
         let webhooks = parse_webhooks(settings, live)?;
+        let sweep = parse_sweep(settings)?;
 
         Ok(Config {
             database_url: settings.database_url.trim().to_owned(),
@@ -399,6 +479,7 @@ impl Config {
             log_filter: settings.log.clone(),
             log_json,
             webhooks,
+            sweep,
         })
     }
 

@@ -29,5 +29,6 @@ pub mod ops_summary;
 pub mod rotation;
 pub mod sandbox;
 pub mod secrets;
+pub mod sweep;
 pub mod tenants;
 pub mod webhooks;

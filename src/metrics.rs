@@ -126,3 +126,14 @@ pub fn http_request(route: &str, status: u16, seconds: f64) {
         metrics.duration.record(seconds);
     });
 }
+
+/// One connection the health sweep dealt with, by outcome.
+pub fn sweep_connection(outcome: &'static str) {
+    metrics::counter!("sp_broker_sweep_connections_total", "outcome" => outcome).increment(1);
+}
+
+/// A sweep pass ended (Unix seconds).
+pub fn sweep_pass_done(at_unix: i64) {
+    metrics::counter!("sp_broker_sweep_passes_total").increment(1);
+    metrics::gauge!("sp_broker_sweep_last_pass_timestamp_seconds").set(at_unix as f64);
+}

@@ -88,6 +88,23 @@ pub enum TokenSource {
     Fallback,
 }
 
+/// What the health sweep's refresh of one connection came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SweepOutcome {
+    /// Amazon accepted the authorization: a new access token is stored.
+    Refreshed,
+    /// Amazon said `invalid_grant`: the connection now needs the seller.
+    NeedsReauth,
+    /// A passing failure (or the app's credentials): tried again next pass.
+    Failed,
+    /// Nothing to do now: gone, no longer active, or cooling down.
+    Skipped,
+}
+
+/// The sweep asks for a token this long-lived, which no cached or stored
+/// token is: so its refresh always asks Amazon, which is the point.
+const SWEEP_MIN_TTL: Duration = Duration::days(1);
+
 /// A token handed to a caller, with the connection it belongs to; shares
 /// the cached snapshot, so handing one out copies nothing.
 pub struct IssuedToken {
@@ -316,6 +333,57 @@ impl TokenBroker {
 
     pub fn release_retired(&self) {
         self.cache.release_retired();
+    }
+
+    /// Whether calls to Amazon are held back now (the breaker is open, or the
+    /// app's credentials are rejected): the sweep waits meanwhile.
+    pub fn amazon_gated(&self) -> bool {
+        self.breaker.open_for().is_some()
+            || self
+                .credentials
+                .is_held()
+                .is_some_and(|left| left > Duration::ZERO)
+    }
+
+    /// The health sweep's refresh of one connection (CONTRACT §5): the same
+    /// single-flight, fenced refresh as the token API (joined if one is
+    /// running), counted against no API key.
+    pub async fn sweep_refresh(self: &Arc<Self>, connection_id: Uuid) -> SweepOutcome {
+        let now = self.clock.now();
+        let (entry, snapshot) = match self.entry(connection_id, now).await {
+            Ok(found) => found,
+            Err(TokenError::NotFound) => return SweepOutcome::Skipped,
+            Err(e) => {
+                tracing::warn!(connection = %connection_id, error = %e, "sweep could not read a connection");
+                return SweepOutcome::Failed;
+            }
+        };
+        if snapshot.status != ConnectionStatus::Active
+            || snapshot.cooling_down_for(now).is_some()
+            || self.amazon_gated()
+        {
+            return SweepOutcome::Skipped;
+        }
+        let plan = Plan {
+            connection_id,
+            seen_generation: snapshot
+                .token
+                .as_ref()
+                .map_or(snapshot.token_generation, |t| t.generation),
+            grant_version: snapshot.grant_version,
+            min_ttl: SWEEP_MIN_TTL,
+            force: false,
+        };
+        let (running, _) = refresh::join_or_start(self, &entry, plan);
+        match &*refresh::outcome_of(running).await {
+            Outcome::Token(_) => SweepOutcome::Refreshed,
+            Outcome::Reauthorization {
+                status: ConnectionStatus::NeedsReauth,
+                ..
+            } => SweepOutcome::NeedsReauth,
+            Outcome::Reauthorization { .. } | Outcome::NotFound => SweepOutcome::Skipped,
+            _ => SweepOutcome::Failed,
+        }
     }
 
     /// An access token for a connection (`POST /v1/connections/{id}/access-token`

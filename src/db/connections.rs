@@ -224,6 +224,7 @@ pub async fn store_authorization(
              authorized_at = $10, authorization_expires_at = $7, last_refresh_at = $10,
              authorized_mode = $8, authorized_client_id = $9,
              last_error_code = null, last_error_message = null, last_error_at = null,
+             expiry_notices = 0, sweep_claimed_until = null,
              updated_at = $10
          where id = $1",
     )
@@ -695,4 +696,99 @@ pub async fn stamp_unstamped_authorizations(
     .execute(db)
     .await?
     .rows_affected())
+}
+
+/// Claims up to `limit` connections due for the health sweep: active, with a
+/// refresh token, last refreshed (or authorized) before `stale_before`, and
+/// not claimed by another pass. Skips rows another transaction holds; the
+/// claim lasts until `claim_until`, so each due connection is swept once per
+/// pass whichever instance runs it.
+#[tracing::instrument(skip_all)]
+pub async fn claim_sweep_due(
+    db: impl PgExecutor<'_>,
+    stale_before: OffsetDateTime,
+    now: OffsetDateTime,
+    claim_until: OffsetDateTime,
+    limit: i64,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        // A materialized CTE, not `where id in (select … limit …)`: the planner
+        // may run such a subquery more than once, and with SKIP LOCKED each run
+        // finds other rows, so more than `limit` would be claimed.
+        "with due as materialized (
+             select id from connection
+             where status = 'active' and refresh_token_sealed is not null
+               and coalesce(last_refresh_at, authorized_at) < $1
+               and (sweep_claimed_until is null or sweep_claimed_until <= $2)
+             order by coalesce(last_refresh_at, authorized_at)
+             limit $4
+             for update skip locked)
+         update connection set sweep_claimed_until = $3
+         from due where connection.id = due.id
+         returning connection.id",
+    )
+    .bind(stale_before)
+    .bind(now)
+    .bind(claim_until)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// Active connections owed a `connection.expiring` notice (30 and 7 days
+/// before the authorization ends), locked for the caller's transaction; with
+/// the notice level each is owed (1 or 2).
+#[tracing::instrument(skip_all)]
+pub async fn lock_expiry_due(
+    db: impl PgExecutor<'_>,
+    now: OffsetDateTime,
+    limit: i64,
+) -> Result<Vec<(Uuid, i16)>, sqlx::Error> {
+    sqlx::query_as(
+        "select id, case when authorization_expires_at <= $1 + interval '7 days' then 2 else 1 end::smallint
+         from connection
+         where status = 'active' and authorization_expires_at is not null
+           and ((expiry_notices < 1 and authorization_expires_at <= $1 + interval '30 days')
+             or (expiry_notices < 2 and authorization_expires_at <= $1 + interval '7 days'))
+         order by authorization_expires_at
+         limit $2
+         for update skip locked",
+    )
+    .bind(now)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+#[tracing::instrument(skip_all)]
+pub async fn set_expiry_notices(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    level: i16,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("update connection set expiry_notices = $2 where id = $1")
+        .bind(id)
+        .bind(level)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Takes the next sweep slot from the shared pacer, moving it on by
+/// `spacing`: how long to wait before making the call (zero when the slot
+/// is now). Measured on PostgreSQL's clock, shared by every instance.
+#[tracing::instrument(skip_all)]
+pub async fn take_sweep_slot(
+    db: impl PgExecutor<'_>,
+    spacing: std::time::Duration,
+) -> Result<std::time::Duration, sqlx::Error> {
+    let wait: f64 = sqlx::query_scalar(
+        "update sweep_pacer set next_at = greatest(next_at, clock_timestamp()) + make_interval(secs => $1)
+         where id = 1
+         returning greatest(0, extract(epoch from (next_at - make_interval(secs => $1) - clock_timestamp())))::float8",
+    )
+    .bind(spacing.as_secs_f64())
+    .fetch_one(db)
+    .await?;
+    Ok(std::time::Duration::from_secs_f64(wait.clamp(0.0, 3600.0)))
 }

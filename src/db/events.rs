@@ -99,7 +99,7 @@ pub async fn claim_due(
     limit: i64,
 ) -> Result<Vec<DueEvent>, sqlx::Error> {
     sqlx::query_as(
-        "with due as (
+        "with due as materialized (
              select e.seq from event e
              where e.delivery_state = 'pending' and e.next_attempt_at <= $2
                and (e.claimed_until is null or e.claimed_until < $2)

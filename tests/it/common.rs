@@ -92,6 +92,8 @@ pub fn test_settings() -> Settings {
         log: "info".into(),
         log_format: "text".into(),
         encryption_keys: Some(TEST_KEY.into()),
+        // No background sweep: a test runs a pass when it wants one.
+        sweep_interval_seconds: "0".into(),
         ..Settings::default()
     }
 }

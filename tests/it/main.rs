@@ -25,6 +25,7 @@ mod secrets_in_logs;
 mod security_headers;
 mod smoke;
 mod startup;
+mod sweep;
 mod token_support;
 mod tokens_api;
 mod verification;

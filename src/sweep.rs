@@ -1,0 +1,216 @@
+//! The health sweep (CONTRACT §5): finds revoked and expiring authorizations
+//! before a downstream call fails.
+//!
+//! A pass first sends the `connection.expiring` notices owed (30 and 7 days
+//! before an authorization ends, once each per authorization; no call to
+//! Amazon), then refreshes every active connection not refreshed for
+//! `SP_BROKER_SWEEP_STALE_AFTER_SECONDS`, through the broker's single-flight
+//! refresh, so a revoked one becomes `needs_reauth` (and is announced) by
+//! the sweep rather than by a seller's failed import.
+//!
+//! Instances share the work and the budget through PostgreSQL: connections
+//! are claimed in batches with `FOR UPDATE SKIP LOCKED` (a plain statement,
+//! so it works behind PgBouncer in transaction mode), the claim lasting the
+//! pass, and every refresh first takes a slot from one pacer row that spaces
+//! all instances' sweep calls at least 1/rate apart (a little more, at
+//! random: the jitter), so no one-second window ever holds more than the
+//! rate. While the breaker is open or the app's credentials are rejected the
+//! pass waits instead of spending the budget on calls that cannot work.
+
+use crate::broker::{SweepOutcome, TokenBroker};
+use crate::clock::Clock;
+use crate::config::SweepConfig;
+use crate::db::connections;
+use crate::domain::EventType;
+use crate::events;
+use rand::Rng;
+use serde::Serialize;
+use sqlx::PgPool;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Connections claimed at a time, at most: about two seconds of the rate
+/// budget (so that instances share a pass rather than one hoarding it).
+const BATCH: i64 = 50;
+/// Expiry notices written per transaction.
+const EXPIRY_BATCH: i64 = 100;
+/// A pass gives up waiting for Amazon to be callable again after this long.
+const LONGEST_PAUSE: Duration = Duration::from_secs(600);
+
+/// What a pass did, as `sp-broker sweep` prints it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PassCounts {
+    /// Connections the pass claimed for a refresh.
+    pub due: u64,
+    pub refreshed: u64,
+    pub needs_reauth: u64,
+    pub failed: u64,
+    pub skipped: u64,
+}
+
+pub struct Sweep {
+    db: PgPool,
+    clock: Arc<dyn Clock>,
+    broker: Arc<TokenBroker>,
+    config: SweepConfig,
+}
+
+impl Sweep {
+    pub fn new(
+        db: PgPool,
+        clock: Arc<dyn Clock>,
+        broker: Arc<TokenBroker>,
+        config: SweepConfig,
+    ) -> Self {
+        Sweep {
+            db,
+            clock,
+            broker,
+            config,
+        }
+    }
+
+    /// One pass: the expiry notices, then the refreshes of what is due.
+    pub async fn pass(&self) -> Result<PassCounts, sqlx::Error> {
+        self.send_expiry_notices().await?;
+        let mut counts = PassCounts::default();
+        loop {
+            let now = self.clock.now();
+            let stale_before = now - self.config.stale_after;
+            let claim_until = now + self.claim_length();
+            let due = connections::claim_sweep_due(
+                &self.db,
+                stale_before,
+                now,
+                claim_until,
+                self.batch(),
+            )
+            .await?;
+            tracing::debug!(claimed = due.len(), "sweep claimed connections");
+            if due.is_empty() {
+                break;
+            }
+            for id in due {
+                counts.due += 1;
+                if !self.wait_until_amazon_callable().await {
+                    counts.skipped += 1;
+                    crate::metrics::sweep_connection("skipped");
+                    continue;
+                }
+                let wait = connections::take_sweep_slot(&self.db, self.spacing()).await?;
+                tokio::time::sleep(wait).await;
+                let outcome = self.broker.sweep_refresh(id).await;
+                let name = match outcome {
+                    SweepOutcome::Refreshed => {
+                        counts.refreshed += 1;
+                        "refreshed"
+                    }
+                    SweepOutcome::NeedsReauth => {
+                        counts.needs_reauth += 1;
+                        "needs_reauth"
+                    }
+                    SweepOutcome::Failed => {
+                        counts.failed += 1;
+                        "failed"
+                    }
+                    SweepOutcome::Skipped => {
+                        counts.skipped += 1;
+                        "skipped"
+                    }
+                };
+                crate::metrics::sweep_connection(name);
+            }
+        }
+        crate::metrics::sweep_pass_done(self.clock.now().unix_timestamp());
+        tracing::info!(?counts, "health sweep pass done");
+        Ok(counts)
+    }
+
+    fn batch(&self) -> i64 {
+        ((self.config.rate * 2.0).ceil() as i64).clamp(1, BATCH)
+    }
+
+    /// A claim lasts the pass (so no instance sweeps a connection twice in one
+    /// interval), at least an hour when passes are only run by hand.
+    fn claim_length(&self) -> time::Duration {
+        let seconds = self.config.interval.map_or(3600, |i| i.as_secs()).max(3600);
+        time::Duration::seconds(seconds as i64)
+    }
+
+    /// The gap between two sweep calls of any instance: 1/rate, plus up to a
+    /// quarter more at random (never less, so the rate holds in every window).
+    fn spacing(&self) -> Duration {
+        let base = 1.0 / self.config.rate;
+        let jitter = rand::thread_rng().gen_range(1.05..1.3);
+        Duration::from_secs_f64(base * jitter)
+    }
+
+    /// False when Amazon stayed uncallable (breaker, app credentials) too long.
+    async fn wait_until_amazon_callable(&self) -> bool {
+        let started = std::time::Instant::now();
+        while self.broker.amazon_gated() {
+            if started.elapsed() > LONGEST_PAUSE {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        true
+    }
+
+    /// `connection.expiring`, 30 and 7 days ahead, once each per authorization.
+    async fn send_expiry_notices(&self) -> Result<(), sqlx::Error> {
+        loop {
+            let now = self.clock.now();
+            let mut tx = self.db.begin().await?;
+            let owed = connections::lock_expiry_due(&mut *tx, now, EXPIRY_BATCH).await?;
+            if owed.is_empty() {
+                return Ok(());
+            }
+            for (id, level) in owed {
+                connections::set_expiry_notices(&mut *tx, id, level).await?;
+                let reason = if level == 2 {
+                    "the authorization ends within 7 days"
+                } else {
+                    "the authorization ends within 30 days"
+                };
+                events::record_connection_event(
+                    &mut tx,
+                    EventType::ConnectionExpiring,
+                    id,
+                    events::Details {
+                        reason: Some(reason),
+                        ..events::Details::default()
+                    },
+                    now,
+                )
+                .await?;
+            }
+            tx.commit().await?;
+        }
+    }
+
+    /// Passes until stopped, every interval, the first after a random part of
+    /// it (instances started together do not all sweep at once).
+    pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let Some(interval) = self.config.interval else {
+            return;
+        };
+        let mut wait = interval.mul_f64(rand::thread_rng().gen_range(0.05..0.5));
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => return,
+            }
+            if *stop.borrow() {
+                return;
+            }
+            tokio::select! {
+                passed = self.pass() => if let Err(e) = passed {
+                    tracing::warn!(error = %e, "health sweep pass failed");
+                },
+                _ = stop.changed() => return,
+            }
+            wait = interval;
+        }
+    }
+}
