@@ -181,6 +181,17 @@ async fn an_expiring_authorization_is_announced_at_30_and_7_days_once_each_and_a
     app.services.sweep.pass().await.unwrap();
     assert_eq!(expiring(event_types(&app).await), 1);
     assert_eq!(connection(&app, &key, id).await["health"], "expiring");
+    // The seller's page says it, with the date, under a banner.
+    let page = app.signed_in_browser("acme", "u1").await.page().await;
+    assert!(page.contains(r#"data-health="expiring""#), "{page}");
+    assert!(
+        page.contains("reconnect before then to keep imports running"),
+        "{page}"
+    );
+    assert!(
+        page.contains("One of your Amazon connections needs you"),
+        "{page}"
+    );
     app.services.sweep.pass().await.unwrap();
     assert_eq!(expiring(event_types(&app).await), 1, "once per notice");
 
@@ -212,6 +223,11 @@ async fn an_expiring_authorization_is_announced_at_30_and_7_days_once_each_and_a
         "nothing owed right after"
     );
     assert_eq!(connection(&app, &key, id).await["health"], "ok");
+    let page = app.signed_in_browser("acme", "u2").await.page().await;
+    assert!(
+        !page.contains(r#"role="alert""#),
+        "no banner once reconnected"
+    );
     app.clock.advance(time::Duration::days(340));
     app.services.sweep.pass().await.unwrap();
     assert_eq!(expiring(event_types(&app).await), 3);

@@ -80,6 +80,11 @@ async fn a_failed_verification_degrades_the_connection_until_one_succeeds() {
     );
     assert_eq!(connection["marketplace_ids"], Value::Null);
     assert!(page.contains("lacks a role"), "the seller's row says why");
+    assert!(
+        page.contains("would not show this account"),
+        "and what it means"
+    );
+    assert!(page.contains("needs you"), "under a banner");
 
     // A refresh does not hide it.
     sqlx::query("update connection set access_token_expires_at = now() + interval '10 seconds' where id = $1::uuid")
@@ -106,6 +111,12 @@ async fn a_failed_verification_degrades_the_connection_until_one_succeeds() {
     assert_eq!(connection["last_error"], Value::Null);
     assert_eq!(connection["store_name"], "Acme Goods");
     assert_eq!(connection["marketplace_ids"], json!(["ATVPDKIKX0DER"]));
+    let page = browser.page().await;
+    assert!(
+        page.contains("<dd>United States</dd>"),
+        "the marketplaces found, by name"
+    );
+    assert!(!page.contains(r#"role="alert""#));
 
     // Announced: degraded once (the refresh in between changed nothing),
     // then recovered with the gap.

@@ -31,11 +31,16 @@ pub struct ConnectionView {
     pub selling_partner_id: String,
     pub store_name: Option<String>,
     pub status: &'static str,
+    pub health: &'static str,
+    /// The seller has something to do (reconnect, or see why verification failed).
+    pub needs_seller: bool,
     pub status_label: &'static str,
     pub status_explanation: String,
     pub account_type_label: &'static str,
     pub region_label: &'static str,
     pub marketplace_label: String,
+    /// The marketplaces verification found, by name.
+    pub marketplaces_found: String,
     pub authorized_at: String,
     pub authorization_expires_at: String,
     pub last_refresh_at: String,
@@ -50,6 +55,8 @@ struct ConnectionsPage {
     flash: Option<Flash>,
     marketplace_groups: Vec<MarketplaceGroup>,
     connections: Vec<ConnectionView>,
+    /// How many connections need the seller (the banner).
+    attention: usize,
 }
 
 pub fn human_time(at: Option<OffsetDateTime>) -> String {
@@ -72,26 +79,45 @@ fn marketplace_label(id: &str) -> String {
 
 fn view(row: ConnectionRow) -> ConnectionView {
     let expires = human_time(row.authorization_expires_at);
-    let (status_label, status_explanation) = match (row.status, row.health) {
+    let verification_failed = row.last_error_code.as_deref() == Some("verification_failed");
+    let (status_label, status_explanation, needs_seller) = match (row.status, row.health) {
         (ConnectionStatus::Active, Health::Expiring) => (
             "Connected",
             format!(
                 "Working, but Amazon ends this authorization on {expires}: reconnect before then to keep imports running."
             ),
+            true,
+        ),
+        (ConnectionStatus::Active, Health::Degraded) if verification_failed => (
+            "Connected",
+            "Tokens work, but Amazon would not show this account's marketplaces, so some features may fail: see Last error for what to do.".to_owned(),
+            true,
         ),
         (ConnectionStatus::Active, Health::Degraded) => (
             "Connected",
-            "Working, but the last attempt to renew access failed for a passing reason (see Last error). Nothing to do unless it keeps failing.".to_owned(),
+            "Working, but the last attempt to renew access failed for a passing reason (see Last error). We retry by ourselves: nothing to do unless it keeps failing.".to_owned(),
+            false,
         ),
-        (ConnectionStatus::Active, _) => ("Connected", "Working. Nothing to do.".to_owned()),
+        (ConnectionStatus::Active, _) => ("Connected", "Working. Nothing to do.".to_owned(), false),
         (ConnectionStatus::NeedsReauth, _) => (
             "Needs reconnecting",
             "Amazon no longer accepts this authorization (it was revoked or has expired): click Reconnect and approve access again on Amazon.".to_owned(),
+            true,
         ),
         (ConnectionStatus::Disconnected, _) => (
             "Disconnected",
             "Disconnected: we erased its access. Click Reconnect to connect it again.".to_owned(),
+            false,
         ),
+    };
+    let marketplaces_found = match &row.marketplace_ids {
+        None => "Not verified yet".to_owned(),
+        Some(ids) if ids.is_empty() => "None found".to_owned(),
+        Some(ids) => ids
+            .iter()
+            .map(|id| marketplaces::find(id).map_or(id.as_str(), |m| m.country))
+            .collect::<Vec<_>>()
+            .join(", "),
     };
     let last_error = match (&row.last_error_message, row.last_error_at) {
         (Some(message), at) => format!("{message} ({})", human_time(at)),
@@ -102,11 +128,14 @@ fn view(row: ConnectionRow) -> ConnectionView {
         selling_partner_id: row.selling_partner_id,
         store_name: row.store_name,
         status: row.status.as_str(),
+        health: row.health.as_str(),
+        needs_seller,
         status_label,
         status_explanation,
         account_type_label: row.account_type.label(),
         region_label: row.region.label(),
         marketplace_label: marketplace_label(&row.marketplace_id),
+        marketplaces_found,
         authorized_at: human_time(row.authorized_at),
         authorization_expires_at: expires,
         last_refresh_at: human_time(row.last_refresh_at),
@@ -132,6 +161,13 @@ fn marketplace_groups(selected: &str) -> Vec<MarketplaceGroup> {
         .collect()
 }
 
+impl ConnectionsPage {
+    fn with_attention(mut self) -> Self {
+        self.attention = self.connections.iter().filter(|c| c.needs_seller).count();
+        self
+    }
+}
+
 /// `GET /settings/connections`
 pub async fn connections_page(
     State(state): State<AppState>,
@@ -146,13 +182,17 @@ pub async fn connections_page(
         .last_marketplace_id
         .as_deref()
         .unwrap_or(marketplaces::DEFAULT_MARKETPLACE_ID);
-    render(&ConnectionsPage {
-        tenant_name: tenant.name,
-        csrf_token: signed_in.auth.csrf_token.clone(),
-        flash,
-        marketplace_groups: marketplace_groups(selected),
-        connections: rows.into_iter().map(view).collect(),
-    })
+    render(
+        &ConnectionsPage {
+            tenant_name: tenant.name,
+            csrf_token: signed_in.auth.csrf_token.clone(),
+            flash,
+            marketplace_groups: marketplace_groups(selected),
+            attention: 0,
+            connections: rows.into_iter().map(view).collect(),
+        }
+        .with_attention(),
+    )
 }
 
 #[derive(Debug, Deserialize)]
