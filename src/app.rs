@@ -154,6 +154,7 @@ impl Services {
                 db.clone(),
                 Arc::clone(&clock),
                 Arc::clone(&credentials),
+                config.webhooks.is_some(),
             )),
             events: Arc::new(Events::new(db.clone())),
             sweep: Arc::new(Sweep::new(

@@ -137,3 +137,8 @@ pub fn sweep_pass_done(at_unix: i64) {
     metrics::counter!("sp_broker_sweep_passes_total").increment(1);
     metrics::gauge!("sp_broker_sweep_last_pass_timestamp_seconds").set(at_unix as f64);
 }
+
+/// One webhook delivery attempt, by outcome (delivered, failed, given_up).
+pub fn webhook_attempt(outcome: &'static str) {
+    metrics::counter!("sp_broker_webhook_attempts_total", "outcome" => outcome).increment(1);
+}

@@ -54,6 +54,23 @@ pub struct FuseState {
     pub cleared_by: Option<String>,
 }
 
+/// Webhook deliveries (CONTRACT §8). Events are kept whether or not a
+/// webhook URL is configured (the feed lists them), so without one
+/// `pending` counts events no webhook will carry.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookDeliveries {
+    /// Whether this instance delivers (a webhook URL is configured).
+    pub configured: bool,
+    pub pending: i64,
+    /// Pending after at least one failed attempt.
+    pub retrying: i64,
+    /// Given up after 3 days.
+    pub failed: i64,
+    pub last_error: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_error_at: Option<OffsetDateTime>,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct OpsSummary {
     pub connections_by_status: BTreeMap<String, i64>,
@@ -62,20 +79,28 @@ pub struct OpsSummary {
     pub invalid_grant_fuse: FuseState,
     pub refreshes_last_hour: RefreshOutcomes,
     pub refreshes_last_day: RefreshOutcomes,
+    pub webhook_deliveries: WebhookDeliveries,
 }
 
 pub struct Summaries {
     db: PgPool,
     clock: Arc<dyn Clock>,
     credentials: Arc<AppCredentials>,
+    webhooks_configured: bool,
 }
 
 impl Summaries {
-    pub fn new(db: PgPool, clock: Arc<dyn Clock>, credentials: Arc<AppCredentials>) -> Self {
+    pub fn new(
+        db: PgPool,
+        clock: Arc<dyn Clock>,
+        credentials: Arc<AppCredentials>,
+        webhooks_configured: bool,
+    ) -> Self {
         Summaries {
             db,
             clock,
             credentials,
+            webhooks_configured,
         }
     }
 
@@ -135,6 +160,17 @@ impl Summaries {
             },
             refreshes_last_hour: self.refresh_outcomes(now - Duration::hours(1)).await?,
             refreshes_last_day: self.refresh_outcomes(now - Duration::days(1)).await?,
+            webhook_deliveries: {
+                let d = crate::db::events::delivery_counts(&self.db).await?;
+                WebhookDeliveries {
+                    configured: self.webhooks_configured,
+                    pending: d.pending,
+                    retrying: d.retrying,
+                    failed: d.failed,
+                    last_error: d.last_error,
+                    last_error_at: d.last_error_at,
+                }
+            },
         })
     }
 

@@ -94,11 +94,21 @@ impl Webhooks {
         let attempts = due.iter().map(|event| self.attempt(event, claim));
         let mut round = Round::default();
         for outcome in futures_util::future::join_all(attempts).await {
-            match outcome? {
-                Sent::Delivered => round.delivered += 1,
-                Sent::Failed => round.failed_attempts += 1,
-                Sent::GivenUp => round.given_up += 1,
-            }
+            let name = match outcome? {
+                Sent::Delivered => {
+                    round.delivered += 1;
+                    "delivered"
+                }
+                Sent::Failed => {
+                    round.failed_attempts += 1;
+                    "failed"
+                }
+                Sent::GivenUp => {
+                    round.given_up += 1;
+                    "given_up"
+                }
+            };
+            crate::metrics::webhook_attempt(name);
         }
         Ok(round)
     }

@@ -179,13 +179,16 @@ pub async fn record_attempt(
     Ok(())
 }
 
-/// Deliveries at a glance, for `/ops` and the metrics.
+/// Deliveries at a glance, for `/ops`, the summary and the metrics.
 #[derive(Debug, Default, sqlx::FromRow)]
 pub struct DeliveryCounts {
     pub pending: i64,
     /// Pending after at least one failed attempt.
     pub retrying: i64,
     pub failed: i64,
+    /// The latest failed attempt's error, and when.
+    pub last_error: Option<String>,
+    pub last_error_at: Option<OffsetDateTime>,
 }
 
 #[tracing::instrument(skip_all)]
@@ -193,8 +196,11 @@ pub async fn delivery_counts(db: impl PgExecutor<'_>) -> Result<DeliveryCounts, 
     sqlx::query_as(
         "select count(*) filter (where delivery_state = 'pending') as pending,
                 count(*) filter (where delivery_state = 'pending' and attempts > 0) as retrying,
-                count(*) filter (where delivery_state = 'failed') as failed
-         from event",
+                count(*) filter (where delivery_state = 'failed') as failed,
+                (select last_error from event where last_error is not null
+                 order by last_attempt_at desc limit 1) as last_error,
+                (select max(last_attempt_at) from event where last_error is not null) as last_error_at
+         from event where delivery_state <> 'delivered'",
     )
     .fetch_one(db)
     .await

@@ -39,6 +39,10 @@ pub async fn metrics_handler(State(summaries): State<Arc<Summaries>>) -> Respons
                 0.0
             };
             metrics::gauge!("sp_broker_invalid_grant_fuse_tripped").set(fused);
+            let deliveries = &summary.webhook_deliveries;
+            metrics::gauge!("sp_broker_webhook_outbox_pending").set(deliveries.pending as f64);
+            metrics::gauge!("sp_broker_webhook_outbox_retrying").set(deliveries.retrying as f64);
+            metrics::gauge!("sp_broker_webhook_outbox_failed").set(deliveries.failed as f64);
             metrics::gauge!("sp_broker_database_up").set(1.0);
         }
         Err(e) => {

@@ -204,6 +204,30 @@ async fn an_event_pending_across_a_restart_is_still_delivered() {
         .seed_connection("acme", "A1RESTART", "Atzr|r", "Atza|a", secs(3600))
         .await;
     deliver_until(&first, &down, 1).await;
+    // The operator sees it waiting, and why.
+    let admin = first.api_key(None, &["tenants:admin"]).await;
+    let summary = get(&first, "/v1/ops/summary", &admin).await;
+    let deliveries = &summary.body["webhook_deliveries"];
+    assert_eq!(deliveries["configured"], true, "{summary:?}");
+    assert_eq!(
+        (
+            deliveries["pending"].as_i64(),
+            deliveries["retrying"].as_i64()
+        ),
+        (Some(1), Some(1))
+    );
+    assert_eq!(deliveries["last_error"], "the receiver answered 503");
+    let metrics = reqwest::get(first.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("sp_broker_webhook_outbox_retrying 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"sp_broker_webhook_attempts_total{outcome="failed"}"#));
     let db = Arc::clone(&first.db);
     drop(first);
 

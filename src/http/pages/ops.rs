@@ -81,6 +81,11 @@ struct OpsPage {
     attention: Vec<Attention>,
     fuse_tripped: bool,
     fuse_since: String,
+    webhooks_configured: bool,
+    webhooks_pending: i64,
+    webhooks_retrying: i64,
+    webhooks_failed: i64,
+    webhooks_last_error: String,
     csrf_token: String,
 }
 
@@ -176,6 +181,17 @@ pub async fn ops_page(
         attention: attention(&state, now).await?,
         fuse_tripped: summary.invalid_grant_fuse.tripped,
         fuse_since: human_time(summary.invalid_grant_fuse.tripped_at),
+        webhooks_configured: summary.webhook_deliveries.configured,
+        webhooks_pending: summary.webhook_deliveries.pending,
+        webhooks_retrying: summary.webhook_deliveries.retrying,
+        webhooks_failed: summary.webhook_deliveries.failed,
+        webhooks_last_error: match &summary.webhook_deliveries.last_error {
+            Some(error) => format!(
+                "{error} ({})",
+                human_time(summary.webhook_deliveries.last_error_at)
+            ),
+            None => "None".to_owned(),
+        },
         csrf_token: auth.csrf_token,
     })
 }
