@@ -130,11 +130,21 @@ impl TestApp {
     /// replaced by the app's own base URL.
     /// Another instance on the same database (several brokers, one database).
     pub async fn spawn_on(db: Arc<TestDb>, edit: impl FnOnce(&mut Settings)) -> TestApp {
+        let pool = db.pool.clone();
+        Self::spawn_with_pool(db, pool, edit).await
+    }
+
+    /// The app on `db`, reaching it through `pool` (say, one that connects
+    /// through a proxy the test can cut).
+    pub async fn spawn_with_pool(
+        db: Arc<TestDb>,
+        pool: PgPool,
+        edit: impl FnOnce(&mut Settings),
+    ) -> TestApp {
         if let Ok(filter) = std::env::var("TEST_LOG") {
             // Debugging aid: `TEST_LOG=debug cargo nextest run … --no-capture`.
             let _ = sp_broker::logging::init(&filter, false);
         }
-        let pool = db.pool.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
         let mut settings = test_settings();

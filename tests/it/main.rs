@@ -9,6 +9,7 @@ mod browser;
 mod callback_refusals;
 mod common;
 mod csrf;
+mod database_outage;
 mod engine_defects;
 mod events;
 mod flow_support;
