@@ -189,12 +189,27 @@ impl Authorizer {
             },
         )
         .await?;
+        crate::metrics::consent("started");
         Ok(oauth_state)
     }
 
     /// Completes an authorization: consumes the state atomically, exchanges the
     /// code exactly once, stores the tokens sealed and upserts the connection.
     pub async fn complete(&self, callback: Callback<'_>) -> Result<(Outcome, Uuid), CompleteError> {
+        crate::metrics::consent("returned");
+        let completed = self.complete_callback(callback).await;
+        crate::metrics::consent(if completed.is_ok() {
+            "connected"
+        } else {
+            "failed"
+        });
+        completed
+    }
+
+    async fn complete_callback(
+        &self,
+        callback: Callback<'_>,
+    ) -> Result<(Outcome, Uuid), CompleteError> {
         let now = self.clock.now();
         let state_hash = secrets::sha256(callback.oauth_state);
         let pending = match callback.session_binding {

@@ -142,3 +142,9 @@ pub fn sweep_pass_done(at_unix: i64) {
 pub fn webhook_attempt(outcome: &'static str) {
     metrics::counter!("sp_broker_webhook_attempts_total", "outcome" => outcome).increment(1);
 }
+
+/// A consent attempt's step: started (sent to Amazon), returned (Amazon's
+/// callback arrived), then connected or failed.
+pub fn consent(step: &'static str) {
+    metrics::counter!("sp_broker_consent_attempts_total", "step" => step).increment(1);
+}

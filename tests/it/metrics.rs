@@ -105,3 +105,107 @@ async fn metrics_count_connections_tokens_and_lwa_calls() {
     }
     assert!(!text.contains("Atza|") && !text.contains("Atzr|"));
 }
+
+/// `/metrics` read by a Prometheus text-format parser (`prometheus-parse`),
+/// not by string matching.
+async fn scrape(app: &TestApp) -> prometheus_parse::Scrape {
+    let text = reqwest::get(app.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .expect("Prometheus text")
+}
+
+/// The value of the series `name` with exactly these labels (0 if absent).
+fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => panic!("{name} is not a plain value"),
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn metrics_parse_as_prometheus_text_and_move_by_what_happened() {
+    let app = TestApp::spawn().await;
+    let before = scrape(&app).await;
+    assert!(!before.samples.is_empty());
+    let browser = app.signed_in_browser("acme", "u1").await;
+    assert_eq!(
+        browser
+            .connect_through("ATVPDKIKX0DER", "A1PARSED")
+            .await
+            .status(),
+        303
+    );
+    let id = connection_rows(&browser.page().await)[0].0.clone();
+    let key = app.api_key(None, &[]).await;
+    let client = reqwest::Client::new();
+    for _ in 0..4 {
+        let answer = client
+            .post(app.url(&format!("/v1/connections/{id}/access-token")))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+    }
+    app.clock.advance(time::Duration::seconds(86_400 + 60));
+    let swept = app.services.sweep.pass().await.unwrap();
+    assert_eq!(swept.refreshed, 1);
+
+    let after = scrape(&app).await;
+    let moved = |name: &str, labels: &[(&str, &str)]| {
+        sample(&after, name, labels) - sample(&before, name, labels)
+    };
+    for step in ["started", "returned", "connected"] {
+        assert_eq!(
+            moved("sp_broker_consent_attempts_total", &[("step", step)]),
+            1.0,
+            "{step}"
+        );
+    }
+    assert_eq!(
+        moved("sp_broker_consent_attempts_total", &[("step", "failed")]),
+        0.0
+    );
+    assert_eq!(
+        moved(
+            "sp_broker_access_tokens_issued_total",
+            &[("source", "cache")]
+        ),
+        4.0
+    );
+    assert_eq!(
+        moved(
+            "sp_broker_sweep_connections_total",
+            &[("outcome", "refreshed")]
+        ),
+        1.0
+    );
+    assert_eq!(moved("sp_broker_sweep_passes_total", &[]), 1.0);
+    assert_eq!(
+        moved(
+            "sp_broker_lwa_requests_total",
+            &[("grant", "refresh_token"), ("outcome", "ok")]
+        ),
+        1.0,
+        "the sweep's refresh"
+    );
+    // (Per-route HTTP counts are checked above by their lines: this parser
+    // splits label values at braces, and route templates have them.)
+    assert_eq!(
+        sample(&after, "sp_broker_connections", &[("status", "active")]),
+        1.0
+    );
+}
