@@ -38,6 +38,46 @@ pub struct Gap {
     pub to: OffsetDateTime,
 }
 
+impl Gap {
+    pub fn new(from: OffsetDateTime, to: OffsetDateTime) -> Gap {
+        Gap {
+            from: in_utc_micros(from),
+            to: in_utc_micros(to),
+        }
+    }
+}
+
+/// Writes an event about the app itself (`app.*`) in the caller's
+/// transaction: no tenant's, so only platform keys list it.
+pub async fn record_app_event(
+    tx: &mut PgConnection,
+    event_type: EventType,
+    data: serde_json::Value,
+    now: OffsetDateTime,
+) -> Result<(), sqlx::Error> {
+    let id = new_event_id();
+    let created_at = in_utc_micros(now);
+    let body = Body {
+        id: &id,
+        event_type,
+        created_at,
+        data,
+    };
+    let body = serde_json::to_string(&body).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    events::insert(
+        &mut *tx,
+        &NewEvent {
+            id: &id,
+            event_type,
+            tenant_id: None,
+            connection_id: None,
+            body: &body,
+            created_at,
+        },
+    )
+    .await
+}
+
 #[derive(Serialize)]
 struct Body<'a, D: Serialize> {
     id: &'a str,
@@ -97,10 +137,7 @@ pub async fn record_health_change(
             .or(row.last_error_at)
             .unwrap_or(now);
         let details = Details {
-            gap: Some(Gap {
-                from: in_utc_micros(since),
-                to: in_utc_micros(now),
-            }),
+            gap: Some(Gap::new(since, now)),
             ..Details::default()
         };
         insert_connection_event(tx, EventType::ConnectionRecovered, row, details, now).await

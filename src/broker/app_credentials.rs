@@ -11,6 +11,7 @@
 
 use crate::clock::Clock;
 use crate::db::{self, app_state, notify::Change};
+use crate::domain::EventType;
 use secrecy::SecretString;
 use sqlx::PgPool;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
@@ -173,15 +174,30 @@ impl AppCredentials {
     /// Every secret was refused: starts or extends the hold, everywhere.
     pub async fn rejected(&self) -> Result<(), sqlx::Error> {
         let now = self.clock.now();
+        let mut tx = self.db.begin().await?;
+        let before = app_state::lock(&mut tx).await?;
         let row = app_state::record_credentials_rejected(
-            &self.db,
+            &mut *tx,
             now,
             FIRST_HOLD.whole_seconds() as i32,
             MAX_HOLD.whole_seconds() as i32,
         )
         .await?;
+        if before.credentials_rejected_since.is_none() {
+            crate::events::record_app_event(
+                &mut tx,
+                EventType::AppCredentialsRejected,
+                serde_json::json!({
+                    "reason": "Amazon answered invalid_client or unauthorized_client to every configured client secret: the app's credentials, not the sellers', need attention",
+                    "configured_secrets": self.secrets.len(),
+                }),
+                now,
+            )
+            .await?;
+        }
+        db::notify::send(&mut *tx, &Change::App).await?;
+        tx.commit().await?;
         self.set(HoldState::from_row(&row));
-        db::notify::send(&self.db, &Change::App).await?;
         tracing::error!(
             hold_seconds = row.credentials_hold_seconds.unwrap_or_default(),
             "LWA rejected every configured client secret: the app's credentials need attention; \
@@ -207,9 +223,20 @@ impl AppCredentials {
             state.hold_until = None;
             state.last_ok_at = Some(now);
         }
-        if app_state::record_credentials_ok(&self.db, now).await? {
-            db::notify::send(&self.db, &Change::App).await?;
+        let mut tx = self.db.begin().await?;
+        if let Some(since) = app_state::record_credentials_ok(&mut *tx, now).await? {
+            crate::events::record_app_event(
+                &mut tx,
+                EventType::AppCredentialsRecovered,
+                serde_json::json!({ "gap": crate::events::Gap::new(since, now) }),
+                now,
+            )
+            .await?;
+            db::notify::send(&mut *tx, &Change::App).await?;
+            tx.commit().await?;
             tracing::warn!("a client secret works again: the app-wide hold has ended");
+        } else {
+            tx.commit().await?;
         }
         Ok(())
     }

@@ -57,25 +57,26 @@ pub async fn record_credentials_rejected(
     .await
 }
 
-/// A secret worked: ends the hold. Returns true when there was one.
+/// A secret worked: ends the hold. Returns since when the app's credentials
+/// had been rejected, when they were.
 #[tracing::instrument(skip_all)]
 pub async fn record_credentials_ok(
     db: impl PgExecutor<'_>,
     now: OffsetDateTime,
-) -> Result<bool, sqlx::Error> {
-    let was_rejected: Option<bool> = sqlx::query_scalar(
+) -> Result<Option<OffsetDateTime>, sqlx::Error> {
+    let rejected_since: Option<Option<OffsetDateTime>> = sqlx::query_scalar(
         "update app_state a set
              credentials_rejected_since = null, credentials_hold_until = null,
              credentials_hold_seconds = null, credentials_probe_until = null,
              credentials_last_ok_at = greatest(a.credentials_last_ok_at, $1)
          from (select credentials_rejected_since from app_state where id = 1 for update) before
          where a.id = 1
-         returning before.credentials_rejected_since is not null",
+         returning before.credentials_rejected_since",
     )
     .bind(now)
     .fetch_optional(db)
     .await?;
-    Ok(was_rejected.unwrap_or(false))
+    Ok(rejected_since.flatten())
 }
 
 /// The hold has lapsed: lets exactly one caller, on any instance, probe

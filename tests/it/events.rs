@@ -372,3 +372,55 @@ async fn failed_refreshes_degrade_once_and_a_good_one_recovers_with_the_gap() {
     assert_eq!(items[2]["data"]["gap"]["to"], items[2]["created_at"]);
     assert_eq!(items[2]["data"]["connection"]["health"], "ok");
 }
+
+#[tokio::test]
+async fn the_apps_rejected_credentials_are_announced_once_and_their_recovery_with_the_gap() {
+    let mock = lwa_answering_refresh(invalid_client()).await;
+    let app = spawn_with_lwa(&mock).await;
+    let id = app
+        .seed_connection("acme", "A1APPFAULT", "Atzr|r", "Atza|old", secs(10))
+        .await;
+    let issuer = app.api_key(None, &[]).await;
+    for _ in 0..2 {
+        let answer = access_token(&app, &issuer, id, serde_json::json!({})).await;
+        assert_problem(&answer, 502, "app_credentials_rejected");
+    }
+    mock.reset().await;
+    on_refresh(&mock, lwa_tokens("Atza|new", "Atzr|r", 3600)).await;
+    app.clock.advance(secs(31)); // the first hold lapses: one probe goes out
+    let answer = access_token(&app, &issuer, id, serde_json::json!({})).await;
+    assert_eq!(answer.access_token(), "Atza|new", "{answer:?}");
+
+    let platform = app.api_key(None, &["connections:read"]).await;
+    let feed = get(&app, "/v1/events", &platform).await;
+    let app_events: Vec<&Value> = feed.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"].as_str().unwrap().starts_with("app."))
+        .collect();
+    let types: Vec<&str> = app_events
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        ["app.credentials_rejected", "app.credentials_recovered"]
+    );
+    assert!(app_events[0]["data"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("not the sellers'"));
+    let gap = &app_events[1]["data"]["gap"];
+    assert_eq!(gap["from"], app_events[0]["created_at"]);
+    assert_eq!(gap["to"], app_events[1]["created_at"]);
+    // No seller was blamed, and a tenant's key sees none of the app's events.
+    assert_eq!(connection(&app, &platform, id).await["status"], "active");
+    let tenant = app.api_key(Some("acme"), &["connections:read"]).await;
+    let theirs = get(&app, "/v1/events", &tenant).await;
+    assert!(theirs.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| !e["type"].as_str().unwrap().starts_with("app.")));
+}
