@@ -792,3 +792,28 @@ pub async fn take_sweep_slot(
     .await?;
     Ok(std::time::Duration::from_secs_f64(wait.clamp(0.0, 3600.0)))
 }
+
+/// One refresh as the history keeps it (30 days).
+#[derive(Debug, sqlx::FromRow)]
+pub struct RefreshEvent {
+    pub at: OffsetDateTime,
+    pub outcome: String,
+    pub latency_ms: i32,
+}
+
+/// A connection's latest refreshes, newest first.
+#[tracing::instrument(skip_all)]
+pub async fn recent_refreshes(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    limit: i64,
+) -> Result<Vec<RefreshEvent>, sqlx::Error> {
+    sqlx::query_as(
+        "select at, outcome, latency_ms from refresh_event
+         where connection_id = $1 order by at desc, id desc limit $2",
+    )
+    .bind(id)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}

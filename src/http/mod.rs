@@ -152,6 +152,10 @@ pub fn router(state: AppState, sandbox: Option<std::sync::Arc<crate::sandbox::Sa
         .route("/oauth/amazon/login", get(oauth::login_uri))
         .route("/ops", get(pages::ops::ops_page))
         .route("/ops/fuse/clear", post(pages::ops::clear_fuse_post))
+        .route(
+            "/ops/connections/{id}",
+            get(pages::ops::ops_connection_page),
+        )
         .layer(sessions);
 
     let mut router = Router::new()

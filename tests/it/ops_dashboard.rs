@@ -76,4 +76,49 @@ async fn dashboard_lists_a_revoked_connection_for_operators_only() {
         html.contains("<td>last hour</td><td>0</td><td>1</td>"),
         "{html}"
     );
+
+    // The connection's own page: its fields, its refresh history, its audit
+    // entries, never a token; linked from the list; operators only.
+    assert!(html.contains(&format!("href=\"/ops/connections/{id}\"")));
+    let page = operator
+        .get(app.url(&format!("/ops/connections/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains(r#"data-status="needs_reauth""#), "{html}");
+    let history = html
+        .split("data-refreshes")
+        .nth(1)
+        .expect("a refresh history");
+    assert!(history.contains("<td>invalid_grant</td>"), "{history}");
+    let audit = html.split("data-audit").nth(1).expect("an audit log");
+    assert!(
+        audit.contains("connection.needs_reauth") && audit.contains("connection.connected"),
+        "{audit}"
+    );
+    assert!(
+        !html.contains("Atza|") && !html.contains("Atzr|"),
+        "never a token"
+    );
+    let unknown = operator
+        .get(app.url(&format!("/ops/connections/{}", uuid::Uuid::new_v4())))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    let garbage = operator
+        .get(app.url("/ops/connections/not-an-id"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(garbage.status(), 404);
+    let as_seller = seller
+        .client
+        .get(app.url(&format!("/ops/connections/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(as_seller.status(), 401);
 }

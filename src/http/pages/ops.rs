@@ -216,3 +216,85 @@ pub async fn clear_fuse_post(
         "/ops",
     )))
 }
+
+/// A refresh or an audit entry, as the connection page lists them.
+pub struct HistoryLine {
+    at: String,
+    what: String,
+    detail: String,
+}
+
+#[derive(Template)]
+#[template(path = "ops_connection.html")]
+struct OpsConnectionPage {
+    operator: String,
+    c: crate::connections::ConnectionJson,
+    authorized_at: String,
+    authorization_expires_at: String,
+    last_refresh_at: String,
+    last_error: String,
+    marketplaces: String,
+    refreshes: Vec<HistoryLine>,
+    audit: Vec<HistoryLine>,
+}
+
+/// How many refreshes the connection page lists.
+const REFRESHES_SHOWN: i64 = 50;
+
+/// `GET /ops/connections/{id}`: one connection for an operator, with its
+/// refresh history and audit entries. Never a token.
+pub async fn ops_connection_page(
+    State(state): State<AppState>,
+    session: Session,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response, PageError> {
+    let auth = operator(&state, &session).await?;
+    let not_found = || {
+        PageError::new(
+            StatusCode::NOT_FOUND,
+            "No such connection",
+            "There is no connection with this id.",
+        )
+    };
+    let id: Uuid = id.parse().map_err(|_| not_found())?;
+    let (row, tenant) = state.connections.find(id).await?.ok_or_else(not_found)?;
+    let refreshes = crate::db::connections::recent_refreshes(&state.db, id, REFRESHES_SHOWN)
+        .await?
+        .into_iter()
+        .map(|r| HistoryLine {
+            at: human_time(Some(r.at)),
+            what: r.outcome,
+            detail: format!("{} ms at LWA", r.latency_ms),
+        })
+        .collect();
+    let audit = crate::db::audit::list_for_connection(&state.db, id)
+        .await?
+        .into_iter()
+        .rev()
+        .map(|a| HistoryLine {
+            at: human_time(Some(a.at)),
+            what: a.action,
+            detail: format!("by {}: {}", a.actor, a.detail),
+        })
+        .collect();
+    let c = crate::connections::ConnectionJson::new(row, &tenant.slug);
+    let last_error = match &c.last_error {
+        Some(e) => format!("{}: {} ({})", e.code, e.message, human_time(Some(e.at))),
+        None => "None".to_owned(),
+    };
+    let marketplaces = c
+        .marketplace_ids
+        .as_ref()
+        .map_or_else(|| "Not verified yet".to_owned(), |ids| ids.join(", "));
+    render(&OpsConnectionPage {
+        operator: auth.user_id.clone(),
+        authorized_at: human_time(c.authorized_at),
+        authorization_expires_at: human_time(c.authorization_expires_at),
+        last_refresh_at: human_time(c.last_refresh_at),
+        last_error,
+        marketplaces,
+        c,
+        refreshes,
+        audit,
+    })
+}
