@@ -136,13 +136,17 @@ fn answer(batch: Vec<(Uuid, Reply)>, rows: Vec<TokenStateRow>) {
 
 /// The same failure for each waiter of a failed batch (`sqlx::Error` is not
 /// `Clone`), keeping what decides the answer: an unreachable database stays
-/// unreachable (503), anything else stays an internal error.
+/// unreachable (503), anything else stays an internal error (500).
 fn shared(error: &sqlx::Error) -> sqlx::Error {
     match error {
         sqlx::Error::PoolTimedOut => sqlx::Error::PoolTimedOut,
         sqlx::Error::PoolClosed => sqlx::Error::PoolClosed,
         sqlx::Error::Io(io) => sqlx::Error::Io(std::io::Error::new(io.kind(), io.to_string())),
-        other => sqlx::Error::Protocol(other.to_string()),
+        other if crate::db::is_unavailable(other) => sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            other.to_string(),
+        )),
+        other => sqlx::Error::Decode(other.to_string().into()),
     }
 }
 
@@ -218,9 +222,9 @@ mod tests {
         assert!(
             matches!(shared(&io), sqlx::Error::Io(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
         );
-        assert!(matches!(
-            shared(&sqlx::Error::RowNotFound),
-            sqlx::Error::Protocol(_)
-        ));
+        let garbled = shared(&sqlx::Error::Protocol("cut mid-answer".into()));
+        assert!(crate::db::is_unavailable(&garbled));
+        let bug = shared(&sqlx::Error::RowNotFound);
+        assert!(!crate::db::is_unavailable(&bug));
     }
 }

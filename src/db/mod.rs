@@ -99,6 +99,22 @@ pub async fn migrations_applied(pool: &PgPool) -> Result<bool, sqlx::Error> {
     Ok(applied >= MIGRATOR.iter().count() as i64)
 }
 
+/// Does this error mean the database cannot be reached right now (the
+/// answer is 503 with `Retry-After`, not 500)? Besides a full pool and a
+/// broken socket: a TLS failure, and a protocol error, which is how sqlx
+/// reports a connection cut in the middle of its handshake or of an answer.
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    matches!(
+        error,
+        sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed
+    )
+}
+
 /// Is this a unique-constraint violation?
 pub fn is_unique_violation(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(e) if e.is_unique_violation())

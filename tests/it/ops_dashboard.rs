@@ -122,3 +122,128 @@ async fn dashboard_lists_a_revoked_connection_for_operators_only() {
         .unwrap();
     assert_eq!(as_seller.status(), 401);
 }
+
+/// A browser signed in as an operator.
+async fn operator(app: &TestApp) -> reqwest::Client {
+    let link = app
+        .services
+        .login_links
+        .create(sp_broker::login_links::LinkRequest {
+            kind: sp_broker::db::login_tokens::LoginKind::Ops,
+            tenant_id: None,
+            user_id: "op1",
+            email: None,
+            return_to: None,
+        })
+        .await
+        .unwrap()
+        .url;
+    let client = app.browser();
+    assert_eq!(client.get(&link).send().await.unwrap().status(), 303);
+    client
+}
+
+/// The connection ids listed on an /ops page, and its next-page link.
+fn listed(html: &str) -> (Vec<String>, Option<String>) {
+    let ids = html
+        .split("<tr data-connection-id=\"")
+        .skip(1)
+        .map(|rest| rest.split('"').next().unwrap().to_owned())
+        .collect();
+    let next = html
+        .split("<a rel=\"next\" href=\"")
+        .nth(1)
+        // As a browser reads the attribute (askama writes `&` as `&#38;`).
+        .map(|rest| {
+            rest.split('"')
+                .next()
+                .unwrap()
+                .replace("&#38;", "&")
+                .replace("&amp;", "&")
+        });
+    (ids, next)
+}
+
+#[tokio::test]
+async fn the_dashboard_filters_searches_and_pages_by_keyset() {
+    let app = TestApp::spawn().await;
+    let mut bulk = Vec::new();
+    for i in 0..55 {
+        let id = app
+            .seed_connection(
+                "bulk",
+                &format!("A1BULK{i}"),
+                "Atzr|r",
+                "Atza|a",
+                time::Duration::hours(1),
+            )
+            .await;
+        bulk.push(id.to_string());
+    }
+    let other = app
+        .seed_connection(
+            "acme",
+            "A1OTHER",
+            "Atzr|r",
+            "Atza|a",
+            time::Duration::hours(1),
+        )
+        .await;
+    let client = operator(&app).await;
+    let page = |path: String| {
+        let client = client.clone();
+        let url = app.url(&path);
+        async move {
+            let response = client.get(url).send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+
+    // By default only what needs attention: every connection here is healthy.
+    let (status, html) = page("/ops".into()).await;
+    assert_eq!(status, 200);
+    assert!(listed(&html).0.is_empty(), "{html}");
+    assert!(html.contains("No connection matches"));
+
+    // One tenant, every health: 50, then the 5 left, each once.
+    let (_, html) = page("/ops?tenant=bulk&health=all".into()).await;
+    let (first, next) = listed(&html);
+    assert_eq!(first.len(), 50);
+    let next = next.expect("a next page");
+    assert!(
+        next.contains("tenant=bulk") && next.contains("health=all"),
+        "{next}"
+    );
+    let (status, html) = page(next.clone()).await;
+    assert_eq!(status, 200, "{next}: {html}");
+    let (second, last) = listed(&html);
+    assert_eq!(second.len(), 5);
+    assert!(last.is_none());
+    let mut seen: Vec<String> = first.into_iter().chain(second).collect();
+    seen.sort();
+    let mut expected = bulk.clone();
+    expected.sort();
+    assert_eq!(
+        seen, expected,
+        "every connection of the tenant once, no other"
+    );
+
+    // Search by selling partner id; status filter; another tenant.
+    let (_, html) = page("/ops?health=all&q=A1BULK7".into()).await;
+    assert_eq!(listed(&html).0, vec![bulk[7].clone()]);
+    let (_, html) = page("/ops?health=all&tenant=acme&status=active".into()).await;
+    assert_eq!(listed(&html).0, vec![other.to_string()]);
+    let (_, html) = page("/ops?health=all&status=needs_reauth".into()).await;
+    assert!(listed(&html).0.is_empty());
+
+    // Filters it does not know are a readable 400.
+    for bad in [
+        "/ops?health=sickly",
+        "/ops?status=gone",
+        "/ops?after=garbage",
+    ] {
+        let (status, html) = page(bad.into()).await;
+        assert_eq!(status, 400, "{bad}");
+        assert!(html.contains("Unknown filter"), "{html}");
+    }
+}

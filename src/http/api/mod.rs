@@ -118,7 +118,7 @@ impl ApiError {
 impl From<Error> for ApiError {
     fn from(error: Error) -> Self {
         let incident = uuid::Uuid::new_v4().to_string();
-        if let Error::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) = &error {
+        if matches!(&error, Error::Database(e) if crate::db::is_unavailable(e)) {
             tracing::error!(%incident, error = %error, "database unavailable");
             return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", "Service unavailable",
                 format!("The broker's database is not answering; try again shortly (incident {incident})."))

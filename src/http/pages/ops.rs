@@ -3,7 +3,7 @@
 //! refresh outcomes and LWA latency, the app's credential state.
 
 use super::{check_origin, current_auth, render, BrowserAuth, PageError};
-use crate::domain::Health;
+use crate::domain::{ConnectionStatus, Health};
 use crate::http::pages::connections::{human_time, CsrfForm};
 use crate::http::AppState;
 use crate::ops_summary::RefreshOutcomes;
@@ -46,6 +46,7 @@ struct AttentionRow {
     tenant: String,
     selling_partner_id: String,
     region: String,
+    status: ConnectionStatus,
     health: Health,
     status_reason: Option<String>,
     last_error_message: Option<String>,
@@ -60,6 +61,7 @@ pub struct Attention {
     tenant: String,
     selling_partner_id: String,
     region: String,
+    status: &'static str,
     health: &'static str,
     reason: String,
     since: String,
@@ -79,6 +81,16 @@ struct OpsPage {
     last_rejected: String,
     refresh_windows: Vec<RefreshWindow>,
     attention: Vec<Attention>,
+    /// The filters as given, for the form.
+    filter_tenant: String,
+    filter_status: String,
+    filter_health: String,
+    /// Each choice of the status and health lists, and whether it is the one given.
+    status_options: Vec<(&'static str, bool)>,
+    health_options: Vec<(&'static str, bool)>,
+    filter_q: String,
+    /// The next page's query string, when there is one.
+    next_page: Option<String>,
     fuse_tripped: bool,
     fuse_since: String,
     webhooks_configured: bool,
@@ -89,54 +101,185 @@ struct OpsPage {
     csrf_token: String,
 }
 
-async fn attention(state: &AppState, now: OffsetDateTime) -> Result<Vec<Attention>, sqlx::Error> {
-    let rows: Vec<AttentionRow> = sqlx::query_as(
+/// Connections listed per page.
+const PAGE: i64 = 50;
+
+/// `/ops` filters, as the form sends them (every field optional).
+#[derive(Debug, Default, serde::Deserialize, serde::Serialize)]
+pub struct OpsQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// A health, `all`, or (empty) the connections that need attention.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
+    /// A selling partner id, exactly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub q: Option<String>,
+    /// The keyset cursor of the next page: `{unix nanos}.{id}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+}
+
+/// The filters, checked.
+struct Filters {
+    tenant: Option<String>,
+    status: Option<ConnectionStatus>,
+    /// `None`: every health but ok; `Some(None)`: all.
+    health: Option<Option<Health>>,
+    selling_partner_id: Option<String>,
+    after: Option<(OffsetDateTime, Uuid)>,
+}
+
+fn given(value: &Option<String>) -> Option<&str> {
+    value.as_deref().map(str::trim).filter(|v| !v.is_empty())
+}
+
+impl OpsQuery {
+    fn filters(&self) -> Result<Filters, PageError> {
+        let bad = |what: &str| {
+            PageError::new(
+                StatusCode::BAD_REQUEST,
+                "Unknown filter",
+                format!("{what} Go back to the dashboard and pick from the lists."),
+            )
+        };
+        let status = match given(&self.status) {
+            None => None,
+            Some(s) => Some(s.parse().map_err(|_| {
+                bad("That status is not one of active, needs_reauth or disconnected.")
+            })?),
+        };
+        let health = match given(&self.health) {
+            None => None,
+            Some("all") => Some(None),
+            Some(h) => Some(Some(h.parse().map_err(|_| {
+                bad("That health is not one of ok, degraded, expiring or failing.")
+            })?)),
+        };
+        let after = match given(&self.after) {
+            None => None,
+            Some(raw) => Some(
+                decode_after(raw)
+                    .ok_or_else(|| bad("That page link is not one this dashboard made."))?,
+            ),
+        };
+        Ok(Filters {
+            tenant: given(&self.tenant).map(str::to_owned),
+            status,
+            health,
+            selling_partner_id: given(&self.q).map(str::to_owned),
+            after,
+        })
+    }
+
+    /// The same filters from `after` on: the next page's query string.
+    fn next(&self, after: (OffsetDateTime, Uuid)) -> String {
+        let next = OpsQuery {
+            after: Some(format!("{}.{}", after.0.unix_timestamp_nanos(), after.1)),
+            tenant: given(&self.tenant).map(str::to_owned),
+            status: given(&self.status).map(str::to_owned),
+            health: given(&self.health).map(str::to_owned),
+            q: given(&self.q).map(str::to_owned),
+        };
+        serde_urlencoded::to_string(&next).unwrap_or_default()
+    }
+}
+
+fn decode_after(raw: &str) -> Option<(OffsetDateTime, Uuid)> {
+    let (nanos, id) = raw.split_once('.')?;
+    let at = OffsetDateTime::from_unix_timestamp_nanos(nanos.parse().ok()?).ok()?;
+    Some((at, id.parse().ok()?))
+}
+
+/// A page of the list, newest status change first, and the next page's
+/// cursor when there is one.
+async fn attention(
+    state: &AppState,
+    now: OffsetDateTime,
+    filters: &Filters,
+) -> Result<(Vec<Attention>, Option<(OffsetDateTime, Uuid)>), sqlx::Error> {
+    let (any_health, health) = match filters.health {
+        None => (false, None),
+        Some(None) => (true, None),
+        Some(Some(h)) => (false, Some(h)),
+    };
+    let mut rows: Vec<AttentionRow> = sqlx::query_as(
         "select * from (
-             select c.id, t.slug as tenant, c.selling_partner_id, c.region,
+             select c.id, t.slug as tenant, c.selling_partner_id, c.region, c.status,
                     connection_health(c.status, c.last_error_code, c.authorization_expires_at, $1) as health,
                     c.status_reason, c.last_error_message, c.status_changed_at, c.last_error_at,
                     c.authorized_at, c.authorization_expires_at
              from connection c join tenant t on t.id = c.tenant_id
-         ) c where health <> 'ok'
-         order by status_changed_at desc limit 500",
+             where ($2::text is null or t.slug = $2)
+               and ($3::text is null or c.status = $3)
+               and ($4::text is null or c.selling_partner_id = $4)
+               and ($5::timestamptz is null or (c.status_changed_at, c.id) < ($5, $6))
+         ) c
+         where case when $7 then true when $8::text is null then health <> 'ok' else health = $8 end
+         order by status_changed_at desc, id desc
+         limit $9",
     )
     .bind(now)
+    .bind(&filters.tenant)
+    .bind(filters.status)
+    .bind(&filters.selling_partner_id)
+    .bind(filters.after.map(|a| a.0))
+    .bind(filters.after.map(|a| a.1))
+    .bind(any_health)
+    .bind(health)
+    .bind(PAGE + 1)
     .fetch_all(&state.db)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| {
-            let (reason, since) = match r.health {
-                Health::Failing => (
-                    r.last_error_message
-                        .or(r.status_reason)
-                        .unwrap_or_else(|| "needs reauthorization".into()),
-                    Some(r.status_changed_at),
-                ),
-                Health::Degraded => (
-                    r.last_error_message
-                        .unwrap_or_else(|| "last refresh failed".into()),
-                    r.last_error_at,
-                ),
-                Health::Expiring | Health::Ok => (
-                    format!(
-                        "authorization ends {}: the seller must reconnect",
-                        human_time(r.authorization_expires_at)
+    let next = (rows.len() as i64 > PAGE).then(|| {
+        rows.truncate(PAGE as usize);
+        rows.last().map(|r| (r.status_changed_at, r.id))
+    });
+    Ok((
+        rows.into_iter()
+            .map(|r| {
+                let (reason, since) = match (r.status, r.health) {
+                    (ConnectionStatus::Disconnected, _) => (
+                        "disconnected on request".to_owned(),
+                        Some(r.status_changed_at),
                     ),
-                    r.authorized_at,
-                ),
-            };
-            Attention {
-                id: r.id,
-                tenant: r.tenant,
-                selling_partner_id: r.selling_partner_id,
-                region: r.region,
-                health: r.health.as_str(),
-                reason,
-                since: human_time(since),
-            }
-        })
-        .collect())
+                    (_, health) => match health {
+                        Health::Failing => (
+                            r.last_error_message
+                                .or(r.status_reason)
+                                .unwrap_or_else(|| "needs reauthorization".into()),
+                            Some(r.status_changed_at),
+                        ),
+                        Health::Degraded => (
+                            r.last_error_message
+                                .unwrap_or_else(|| "last refresh failed".into()),
+                            r.last_error_at,
+                        ),
+                        Health::Expiring => (
+                            format!(
+                                "authorization ends {}: the seller must reconnect",
+                                human_time(r.authorization_expires_at)
+                            ),
+                            r.authorized_at,
+                        ),
+                        Health::Ok => ("—".to_owned(), Some(r.status_changed_at)),
+                    },
+                };
+                Attention {
+                    id: r.id,
+                    tenant: r.tenant,
+                    selling_partner_id: r.selling_partner_id,
+                    region: r.region,
+                    status: r.status.as_str(),
+                    health: r.health.as_str(),
+                    reason,
+                    since: human_time(since),
+                }
+            })
+            .collect(),
+        next.flatten(),
+    ))
 }
 
 /// The operator signed in to this browser, if any.
@@ -155,9 +298,19 @@ async fn operator(state: &AppState, session: &Session) -> Result<BrowserAuth, Pa
 pub async fn ops_page(
     State(state): State<AppState>,
     session: Session,
+    query: Result<axum::extract::Query<OpsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, PageError> {
     let auth = operator(&state, &session).await?;
+    let axum::extract::Query(query) = query.map_err(|_| {
+        PageError::new(
+            StatusCode::BAD_REQUEST,
+            "Unknown filter",
+            "This dashboard address has parameters it does not know.",
+        )
+    })?;
+    let filters = query.filters()?;
     let now = state.now();
+    let (attention, next) = attention(&state, now, &filters).await?;
     let summary = state.summaries.summary().await?;
     let (app_state, app_message) = match summary.app_credentials.state {
         "rejected" => ("rejected", "Amazon REJECTED every client secret of the app. Refreshes are held app-wide (one probe at a time) until a secret works: rotate or fix SP_BROKER_LWA_CLIENT_SECRET. Sellers' statuses are not touched."),
@@ -178,7 +331,18 @@ pub async fn ops_page(
             window("last hour", &summary.refreshes_last_hour),
             window("last day", &summary.refreshes_last_day),
         ],
-        attention: attention(&state, now).await?,
+        attention,
+        filter_tenant: given(&query.tenant).unwrap_or_default().to_owned(),
+        filter_status: given(&query.status).unwrap_or_default().to_owned(),
+        filter_health: given(&query.health).unwrap_or_default().to_owned(),
+        filter_q: given(&query.q).unwrap_or_default().to_owned(),
+        status_options: ["active", "needs_reauth", "disconnected"]
+            .map(|s| (s, given(&query.status) == Some(s)))
+            .to_vec(),
+        health_options: ["failing", "degraded", "expiring", "ok", "all"]
+            .map(|h| (h, given(&query.health) == Some(h)))
+            .to_vec(),
+        next_page: next.map(|after| query.next(after)),
         fuse_tripped: summary.invalid_grant_fuse.tripped,
         fuse_since: human_time(summary.invalid_grant_fuse.tripped_at),
         webhooks_configured: summary.webhook_deliveries.configured,
