@@ -424,3 +424,49 @@ async fn the_apps_rejected_credentials_are_announced_once_and_their_recovery_wit
         .iter()
         .all(|e| !e["type"].as_str().unwrap().starts_with("app.")));
 }
+
+#[tokio::test]
+async fn two_instances_delivering_at_once_never_make_the_same_attempt() {
+    let hooks = receiver(vec![]).await;
+    let first = app_delivering_to(&hooks.url).await;
+    let url = hooks.url.clone();
+    let second = TestApp::spawn_on(Arc::clone(&first.db), move |s| {
+        s.webhook_url = Some(url);
+        s.webhook_secret = Some(format!("{SECRET},{OLDER_SECRET}"));
+    })
+    .await;
+    for i in 0..20 {
+        first
+            .seed_connection(
+                "acme",
+                &format!("A1PAIR{i}"),
+                "Atzr|r",
+                "Atza|a",
+                secs(3600),
+            )
+            .await;
+    }
+    let (a, b) = (
+        first.services.webhooks.clone().unwrap(),
+        second.services.webhooks.clone().unwrap(),
+    );
+    for _ in 0..50 {
+        if hooks.deliveries().len() >= 20 {
+            break;
+        }
+        let (x, y) = tokio::join!(a.deliver_due(), b.deliver_due());
+        x.unwrap();
+        y.unwrap();
+    }
+    let mut ids: Vec<String> = hooks.deliveries().into_iter().map(|d| d.id).collect();
+    assert_eq!(ids.len(), 20, "every event delivered, none twice: {ids:?}");
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 20, "no event was sent by both instances");
+    let pending: i64 =
+        sqlx::query_scalar("select count(*) from event where delivery_state <> 'delivered'")
+            .fetch_one(&first.pool)
+            .await
+            .unwrap();
+    assert_eq!(pending, 0);
+}
