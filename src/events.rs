@@ -55,27 +55,7 @@ pub async fn record_app_event(
     data: serde_json::Value,
     now: OffsetDateTime,
 ) -> Result<(), sqlx::Error> {
-    let id = new_event_id();
-    let created_at = in_utc_micros(now);
-    let body = Body {
-        id: &id,
-        event_type,
-        created_at,
-        data,
-    };
-    let body = serde_json::to_string(&body).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    events::insert(
-        &mut *tx,
-        &NewEvent {
-            id: &id,
-            event_type,
-            tenant_id: None,
-            connection_id: None,
-            body: &body,
-            created_at,
-        },
-    )
-    .await
+    write_event(tx, event_type, None, data, now).await
 }
 
 #[derive(Serialize)]
@@ -153,21 +133,33 @@ async fn insert_connection_event(
     details: Details<'_>,
     now: OffsetDateTime,
 ) -> Result<(), sqlx::Error> {
-    let connection_id = row.id;
     let Some(tenant) = tenants::find_tenant(&mut *tx, row.tenant_id).await? else {
         return Ok(());
     };
-    let tenant_id = row.tenant_id;
+    let owner = Some((row.tenant_id, row.id));
+    let data = ConnectionData {
+        connection: ConnectionJson::new(row, &tenant.slug),
+        details,
+    };
+    write_event(tx, event_type, owner, data, now).await
+}
+
+/// Renders the event's body once and writes it to the outbox; `owner` is
+/// the (tenant, connection) of a connection event.
+async fn write_event(
+    tx: &mut PgConnection,
+    event_type: EventType,
+    owner: Option<(Uuid, Uuid)>,
+    data: impl Serialize,
+    now: OffsetDateTime,
+) -> Result<(), sqlx::Error> {
     let id = new_event_id();
     let created_at = in_utc_micros(now);
     let body = Body {
         id: &id,
         event_type,
         created_at,
-        data: ConnectionData {
-            connection: ConnectionJson::new(row, &tenant.slug),
-            details,
-        },
+        data,
     };
     let body = serde_json::to_string(&body).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     events::insert(
@@ -175,8 +167,8 @@ async fn insert_connection_event(
         &NewEvent {
             id: &id,
             event_type,
-            tenant_id: Some(tenant_id),
-            connection_id: Some(connection_id),
+            tenant_id: owner.map(|(tenant, _)| tenant),
+            connection_id: owner.map(|(_, connection)| connection),
             body: &body,
             created_at,
         },

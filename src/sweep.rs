@@ -48,6 +48,20 @@ pub struct PassCounts {
     pub skipped: u64,
 }
 
+impl PassCounts {
+    /// Counts one connection's outcome; its name, for the metric.
+    fn count(&mut self, outcome: SweepOutcome) -> &'static str {
+        let (count, name) = match outcome {
+            SweepOutcome::Refreshed => (&mut self.refreshed, "refreshed"),
+            SweepOutcome::NeedsReauth => (&mut self.needs_reauth, "needs_reauth"),
+            SweepOutcome::Failed => (&mut self.failed, "failed"),
+            SweepOutcome::Skipped => (&mut self.skipped, "skipped"),
+        };
+        *count += 1;
+        name
+    }
+}
+
 pub struct Sweep {
     db: PgPool,
     clock: Arc<dyn Clock>,
@@ -92,33 +106,14 @@ impl Sweep {
             }
             for id in due {
                 counts.due += 1;
-                if !self.wait_until_amazon_callable().await {
-                    counts.skipped += 1;
-                    crate::metrics::sweep_connection("skipped");
-                    continue;
-                }
-                let wait = connections::take_sweep_slot(&self.db, self.spacing()).await?;
-                tokio::time::sleep(wait).await;
-                let outcome = self.broker.sweep_refresh(id).await;
-                let name = match outcome {
-                    SweepOutcome::Refreshed => {
-                        counts.refreshed += 1;
-                        "refreshed"
-                    }
-                    SweepOutcome::NeedsReauth => {
-                        counts.needs_reauth += 1;
-                        "needs_reauth"
-                    }
-                    SweepOutcome::Failed => {
-                        counts.failed += 1;
-                        "failed"
-                    }
-                    SweepOutcome::Skipped => {
-                        counts.skipped += 1;
-                        "skipped"
-                    }
+                let outcome = if self.wait_until_amazon_callable().await {
+                    let wait = connections::take_sweep_slot(&self.db, self.spacing()).await?;
+                    tokio::time::sleep(wait).await;
+                    self.broker.sweep_refresh(id).await
+                } else {
+                    SweepOutcome::Skipped
                 };
-                crate::metrics::sweep_connection(name);
+                crate::metrics::sweep_connection(counts.count(outcome));
             }
         }
         crate::metrics::sweep_pass_done(self.clock.now().unix_timestamp());

@@ -94,20 +94,12 @@ impl Webhooks {
         let attempts = due.iter().map(|event| self.attempt(event, claim));
         let mut round = Round::default();
         for outcome in futures_util::future::join_all(attempts).await {
-            let name = match outcome? {
-                Sent::Delivered => {
-                    round.delivered += 1;
-                    "delivered"
-                }
-                Sent::Failed => {
-                    round.failed_attempts += 1;
-                    "failed"
-                }
-                Sent::GivenUp => {
-                    round.given_up += 1;
-                    "given_up"
-                }
+            let (count, name) = match outcome? {
+                Sent::Delivered => (&mut round.delivered, "delivered"),
+                Sent::Failed => (&mut round.failed_attempts, "failed"),
+                Sent::GivenUp => (&mut round.given_up, "given_up"),
             };
+            *count += 1;
             crate::metrics::webhook_attempt(name);
         }
         Ok(round)

@@ -44,23 +44,7 @@ async fn dashboard_lists_a_revoked_connection_for_operators_only() {
     let page = seller.client.get(app.url("/ops")).send().await.unwrap();
     assert_eq!(page.status(), 401);
 
-    let link = app
-        .services
-        .login_links
-        .create(sp_broker::login_links::LinkRequest {
-            kind: sp_broker::db::login_tokens::LoginKind::Ops,
-            tenant_id: None,
-            user_id: "op1",
-            email: None,
-            return_to: None,
-        })
-        .await
-        .unwrap()
-        .url;
-    let operator = app.browser();
-    let login = operator.get(&link).send().await.unwrap();
-    assert_eq!(login.status(), 303);
-    assert_eq!(location(&login), "/ops");
+    let operator = operator(&app).await;
     let page = operator.get(app.url("/ops")).send().await.unwrap();
     assert_eq!(page.status(), 200);
     let html = page.text().await.unwrap();
@@ -139,7 +123,9 @@ async fn operator(app: &TestApp) -> reqwest::Client {
         .unwrap()
         .url;
     let client = app.browser();
-    assert_eq!(client.get(&link).send().await.unwrap().status(), 303);
+    let login = client.get(&link).send().await.unwrap();
+    assert_eq!(login.status(), 303);
+    assert_eq!(location(&login), "/ops");
     client
 }
 

@@ -80,14 +80,7 @@ pub async fn list_connections(
     Query(query): Query<ListQuery>,
 ) -> Result<Json<ConnectionPage>, ApiError> {
     caller.require(Scope::ConnectionsRead)?;
-    let limit = match query.limit.as_deref() {
-        None | Some("") => DEFAULT_LIMIT,
-        Some(raw) => raw
-            .parse::<i64>()
-            .ok()
-            .filter(|l| (1..=MAX_LIMIT).contains(l))
-            .ok_or_else(|| ApiError::invalid_request("`limit` must be an integer from 1 to 200"))?,
-    };
+    let limit = super::page_limit(query.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
     let status = match query.status.as_deref().filter(|s| !s.is_empty()) {
         None => None,
         Some(s) => Some(s.parse::<ConnectionStatus>().map_err(|_| {

@@ -45,14 +45,7 @@ pub async fn list_events(
     Query(query): Query<EventsQuery>,
 ) -> Result<Json<EventPage>, ApiError> {
     caller.require(Scope::ConnectionsRead)?;
-    let limit = match query.limit.as_deref() {
-        None | Some("") => DEFAULT_LIMIT,
-        Some(raw) => raw
-            .parse::<i64>()
-            .ok()
-            .filter(|l| (1..=MAX_LIMIT).contains(l))
-            .ok_or_else(|| ApiError::invalid_request("`limit` must be an integer from 1 to 500"))?,
-    };
+    let limit = super::page_limit(query.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
     let after = match query.after.as_deref() {
         None | Some("") => 0,
         Some(raw) => raw

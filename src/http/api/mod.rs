@@ -115,6 +115,21 @@ impl ApiError {
     }
 }
 
+/// A `limit` query parameter: `default` when absent or empty, otherwise an
+/// integer from 1 to `max`, or a 422 naming the field.
+pub fn page_limit(raw: Option<&str>, default: i64, max: i64) -> Result<i64, ApiError> {
+    match raw {
+        None | Some("") => Ok(default),
+        Some(raw) => raw
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=max).contains(l))
+            .ok_or_else(|| {
+                ApiError::invalid_request(format!("`limit` must be an integer from 1 to {max}"))
+            }),
+    }
+}
+
 impl From<Error> for ApiError {
     fn from(error: Error) -> Self {
         let incident = uuid::Uuid::new_v4().to_string();
