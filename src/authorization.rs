@@ -17,6 +17,7 @@ use crate::config::{AmazonMode, Config};
 use crate::crypto::{KeyRing, Purpose, SealContext};
 use crate::db::audit::{self, AuditTarget};
 use crate::db::connections::{self, AuthorizationKey};
+use crate::db::consent_attempts;
 use crate::db::notify::{self, Change};
 use crate::db::oauth_states::{self, NewPendingAuthorization, PendingAuthorization, StateProblem};
 use crate::domain::EventType;
@@ -170,10 +171,12 @@ impl Authorizer {
             Flow::Reconnect(id) => Some(id),
             Flow::Connect | Flow::LoginUri => None,
         };
+        let state_hash = secrets::sha256_secret(&oauth_state);
+        let mut tx = self.db.begin().await?;
         oauth_states::insert_pending(
-            &self.db,
+            &mut *tx,
             NewPendingAuthorization {
-                state_hash: &secrets::sha256_secret(&oauth_state),
+                state_hash: &state_hash,
                 session_binding: begin.session_binding,
                 tenant_id: begin.tenant_id,
                 user_id: begin.user_id,
@@ -189,6 +192,15 @@ impl Authorizer {
             },
         )
         .await?;
+        consent_attempts::record_start(
+            &mut *tx,
+            &state_hash,
+            begin.tenant_id,
+            begin.marketplace.region,
+            now,
+        )
+        .await?;
+        tx.commit().await?;
         crate::metrics::consent("started");
         Ok(oauth_state)
     }
@@ -196,14 +208,23 @@ impl Authorizer {
     /// Completes an authorization: consumes the state atomically, exchanges the
     /// code exactly once, stores the tokens sealed and upserts the connection.
     pub async fn complete(&self, callback: Callback<'_>) -> Result<(Outcome, Uuid), CompleteError> {
-        crate::metrics::consent("returned");
+        let state_hash = secrets::sha256(callback.oauth_state);
         let completed = self.complete_callback(callback).await;
-        crate::metrics::consent(if completed.is_ok() {
-            "connected"
-        } else {
-            "failed"
-        });
+        self.record_return(&state_hash, completed.is_ok()).await;
         completed
+    }
+
+    /// A callback came back for this state (with or without a code): the
+    /// consent funnel's returned, then connected or failed. The funnel is a
+    /// view for operators, so failing to write it never fails the callback.
+    pub async fn record_return(&self, state_hash: &[u8], connected: bool) {
+        crate::metrics::consent("returned");
+        crate::metrics::consent(if connected { "connected" } else { "failed" });
+        if let Err(error) =
+            consent_attempts::record_return(&self.db, state_hash, connected, self.clock.now()).await
+        {
+            tracing::warn!(%error, "could not record the consent attempt's return");
+        }
     }
 
     async fn complete_callback(

@@ -76,6 +76,7 @@ impl Jobs {
             .await?;
         connections::delete_refresh_events_before(&self.db, now - REFRESH_HISTORY).await?;
         crate::db::events::delete_before(&self.db, now - crate::events::KEPT_FOR).await?;
+        crate::db::consent_attempts::delete_before(&self.db, now - time::Duration::days(2)).await?;
         Ok(())
     }
 

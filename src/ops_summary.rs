@@ -82,6 +82,27 @@ pub struct OpsSummary {
     pub webhook_deliveries: WebhookDeliveries,
 }
 
+/// How many hours the dashboard's charts cover.
+pub const HOURS: usize = 24;
+
+/// Refreshes that ended in one hour.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HourOfRefreshes {
+    pub ok: i64,
+    pub invalid_grant: i64,
+    pub app_credentials_rejected: i64,
+    pub amazon_unavailable: i64,
+    /// LWA's latency (p50, p99) in milliseconds, when there was a refresh.
+    pub latency_ms: Option<(f64, f64)>,
+}
+
+pub struct LastDay {
+    /// Oldest hour first; the last one ends now.
+    pub hours: Vec<HourOfRefreshes>,
+    /// By region (na, eu, fe), regions without an attempt left out.
+    pub consent: Vec<crate::db::consent_attempts::Funnel>,
+}
+
 pub struct Summaries {
     db: PgPool,
     clock: Arc<dyn Clock>,
@@ -195,6 +216,58 @@ impl Summaries {
             outcomes: rows.into_iter().map(|r| (r.0, r.1)).collect(),
             mean_latency_ms,
         })
+    }
+
+    /// The dashboard's 24 hours: refreshes per hour by outcome with LWA's
+    /// p50/p99, and the consent funnel by region.
+    pub async fn last_day(&self) -> Result<LastDay, sqlx::Error> {
+        let now = self.clock.now();
+        let since = now - Duration::hours(HOURS as i64);
+        // Hour 0 is the oldest, HOURS - 1 the one ending now.
+        let counts: Vec<(i32, String, i64)> = sqlx::query_as(
+            "select ($3 - 1 - floor(extract(epoch from ($1 - at)) / 3600))::int4 as hour, outcome, count(*)
+             from refresh_event where at > $2 and at <= $1 group by 1, 2",
+        )
+        .bind(now)
+        .bind(since)
+        .bind(HOURS as i32)
+        .fetch_all(&self.db)
+        .await?;
+        let latencies: Vec<(i32, f64, f64)> = sqlx::query_as(
+            "select ($3 - 1 - floor(extract(epoch from ($1 - at)) / 3600))::int4 as hour,
+                    percentile_cont(0.5) within group (order by latency_ms),
+                    percentile_cont(0.99) within group (order by latency_ms)
+             from refresh_event where at > $2 and at <= $1 group by 1",
+        )
+        .bind(now)
+        .bind(since)
+        .bind(HOURS as i32)
+        .fetch_all(&self.db)
+        .await?;
+        let mut hours = vec![HourOfRefreshes::default(); HOURS];
+        for (hour, outcome, n) in counts {
+            let Some(h) = usize::try_from(hour).ok().and_then(|i| hours.get_mut(i)) else {
+                continue;
+            };
+            match outcome.as_str() {
+                "ok" => h.ok += n,
+                "invalid_grant" => h.invalid_grant += n,
+                "app_credentials_rejected" => h.app_credentials_rejected += n,
+                _ => h.amazon_unavailable += n,
+            }
+        }
+        for (hour, p50, p99) in latencies {
+            if let Some(h) = usize::try_from(hour).ok().and_then(|i| hours.get_mut(i)) {
+                h.latency_ms = Some((p50, p99));
+            }
+        }
+        let mut consent = crate::db::consent_attempts::funnel(&self.db, since, now).await?;
+        consent.sort_by_key(|f| match f.region.as_str() {
+            "na" => 0,
+            "eu" => 1,
+            _ => 2,
+        });
+        Ok(LastDay { hours, consent })
     }
 
     /// An operator ends a tripped `invalid_grant` fuse. True when it was tripped.

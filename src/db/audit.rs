@@ -57,3 +57,36 @@ pub async fn list_for_connection(
     .fetch_all(db)
     .await
 }
+
+/// An audit entry with its tenant's slug, for the dashboard's log.
+#[derive(Debug, sqlx::FromRow)]
+pub struct AuditLine {
+    pub at: OffsetDateTime,
+    pub actor: String,
+    pub action: String,
+    pub tenant: Option<String>,
+    pub connection_id: Option<Uuid>,
+    pub detail: Value,
+}
+
+/// The newest entries, optionally of one tenant (by slug) and one connection.
+#[tracing::instrument(skip_all)]
+pub async fn list_recent(
+    db: impl PgExecutor<'_>,
+    tenant_slug: Option<&str>,
+    connection_id: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<AuditLine>, sqlx::Error> {
+    sqlx::query_as(
+        "select a.at, a.actor, a.action, t.slug as tenant, a.connection_id, a.detail
+         from audit_event a left join tenant t on t.id = a.tenant_id
+         where ($1::text is null or a.tenant_id = (select id from tenant where slug = $1))
+           and ($2::uuid is null or a.connection_id = $2)
+         order by a.id desc limit $3",
+    )
+    .bind(tenant_slug)
+    .bind(connection_id)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}

@@ -8,6 +8,7 @@ pub mod api_keys;
 pub mod app_state;
 pub mod audit;
 pub mod connections;
+pub mod consent_attempts;
 pub mod events;
 pub mod key_checks;
 pub mod login_tokens;

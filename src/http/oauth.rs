@@ -183,6 +183,13 @@ pub async fn callback(
         param("spapi_oauth_code"),
     ) else {
         tracing::info!("callback refused: missing parameters");
+        if let Some(oauth_state) = param("state") {
+            // The seller came back without a code (declined, or Amazon's error).
+            state
+                .authorizer
+                .record_return(&crate::secrets::sha256(oauth_state), false)
+                .await;
+        }
         return Err(PageError::start_again(
             StatusCode::BAD_REQUEST,
             "We could not finish connecting",

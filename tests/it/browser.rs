@@ -146,6 +146,20 @@ fn browser_available() -> bool {
     false
 }
 
+/// chromedriver and a WebDriver session with headless Chromium.
+async fn start_browser() -> (ChromeDriver, Client) {
+    // Both ring and aws-lc-rs are compiled in, so rustls cannot pick one itself.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let driver = ChromeDriver::start();
+    let client = ClientBuilder::rustls()
+        .expect("rustls")
+        .capabilities(driver.capabilities())
+        .connect(&driver.url())
+        .await
+        .unwrap_or_else(|e| panic!("chromedriver could not start Chromium ({CHROMIUM}): {e}"));
+    (driver, client)
+}
+
 async fn save_screenshot(client: &Client, name: &str) -> PathBuf {
     let png = client.screenshot().await.expect("a screenshot");
     let dir = target_dir();
@@ -289,16 +303,7 @@ async fn a_real_browser_connects_a_seller() {
     let app = TestApp::spawn().await;
     app.create_tenant("acme").await;
 
-    // Both ring and aws-lc-rs are compiled in, so rustls cannot pick one itself.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let driver = ChromeDriver::start();
-    let client = ClientBuilder::rustls()
-        .expect("rustls")
-        .capabilities(driver.capabilities())
-        .connect(&driver.url())
-        .await
-        .unwrap_or_else(|e| panic!("chromedriver could not start Chromium ({CHROMIUM}): {e}"));
-
+    let (driver, client) = start_browser().await;
     let result = connect_in_browser(&client, &app).await;
     if result.is_err() {
         save_screenshot(&client, "browser-failure.png").await;
@@ -319,4 +324,302 @@ async fn a_real_browser_connects_a_seller() {
         rows,
         vec![(SELLING_PARTNER_ID.to_owned(), "active".to_owned())]
     );
+}
+
+/// Puts a seeded connection into a state, as the engine would have left it.
+async fn set_state(app: &TestApp, id: uuid::Uuid, set: &str) {
+    sqlx::query(&format!("update connection set {set} where id = $1"))
+        .bind(id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+}
+
+/// Seeds a dashboard worth looking at: 60 failing connections (more than a
+/// page), one degraded, one expiring, healthy ones, a day of refreshes.
+async fn seed_dashboard(app: &TestApp) -> Vec<uuid::Uuid> {
+    // Consent attempts: two connected, one left on Amazon's page.
+    let seller = app.signed_in_browser("acme", "u1").await;
+    for spid in ["A1FUNNEL1", "A1FUNNEL2"] {
+        assert_eq!(
+            seller.connect_through("ATVPDKIKX0DER", spid).await.status(),
+            303
+        );
+    }
+    assert_eq!(
+        seller.connect("A1PA6795UKMFR9", "seller").await.status(),
+        303
+    );
+    app.clock.advance(time::Duration::minutes(16));
+    let mut failing = Vec::new();
+    for i in 0..60 {
+        let id = app
+            .seed_connection(
+                "bulk",
+                &format!("A1FAIL{i:02}"),
+                "Atzr|r",
+                "Atza|a",
+                time::Duration::hours(1),
+            )
+            .await;
+        set_state(
+            app,
+            id,
+            "status = 'needs_reauth', status_reason = 'invalid_grant', \
+             last_error_code = 'invalid_grant', last_error_message = 'Amazon no longer accepts this authorization', \
+             last_error_at = now(), status_changed_at = now() - make_interval(mins => 1)",
+        )
+        .await;
+        failing.push(id);
+    }
+    let degraded = app
+        .seed_connection(
+            "acme",
+            "A1DEGRADED",
+            "Atzr|r",
+            "Atza|a",
+            time::Duration::hours(1),
+        )
+        .await;
+    set_state(
+        app,
+        degraded,
+        "last_error_code = 'verification_failed', last_error_message = 'Amazon answered 403 to getMarketplaceParticipations', last_error_at = now()",
+    )
+    .await;
+    let expiring = app
+        .seed_connection(
+            "acme",
+            "A1EXPIRING",
+            "Atzr|r",
+            "Atza|a",
+            time::Duration::hours(1),
+        )
+        .await;
+    set_state(
+        app,
+        expiring,
+        "authorized_at = now() - interval '340 days', authorization_expires_at = now() + interval '25 days'",
+    )
+    .await;
+    for i in 0..3 {
+        app.seed_connection(
+            "acme",
+            &format!("A1HEALTHY{i}"),
+            "Atzr|r",
+            "Atza|a",
+            time::Duration::hours(1),
+        )
+        .await;
+    }
+    for hours_ago in 0..24i64 {
+        for n in 0..(hours_ago % 5 + 2) {
+            crate::ops_dashboard::seed_refresh(
+                app,
+                expiring,
+                hours_ago,
+                "ok",
+                80 + 20 * n as i32 + hours_ago as i32,
+            )
+            .await;
+        }
+        if hours_ago % 7 == 3 {
+            crate::ops_dashboard::seed_refresh(app, failing[0], hours_ago, "invalid_grant", 400)
+                .await;
+            crate::ops_dashboard::seed_refresh(
+                app,
+                degraded,
+                hours_ago,
+                "amazon_unavailable",
+                2500,
+            )
+            .await;
+        }
+    }
+    failing
+}
+
+async fn rows_shown(client: &Client) -> Result<Vec<String>, String> {
+    let mut ids = Vec::new();
+    for row in client
+        .find_all(Locator::Css("table[data-attention] tr[data-connection-id]"))
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        ids.push(
+            row.attr("data-connection-id")
+                .await
+                .map_err(|e| e.to_string())?
+                .unwrap_or_default(),
+        );
+    }
+    Ok(ids)
+}
+
+/// What an operator does on the dashboard, checked step by step.
+async fn use_the_dashboard(
+    client: &Client,
+    app: &TestApp,
+    link: &str,
+    failing: &[uuid::Uuid],
+) -> Result<(), String> {
+    let origin = app.base.clone();
+    client.goto(link).await.map_err(|e| e.to_string())?;
+    wait_for_path(client, &origin, "/ops").await?;
+
+    // The charts are drawn, with room on the page (not collapsed).
+    for chart in ["refresh-outcomes", "lwa-latency", "consent-funnel"] {
+        let svg = client
+            .find(Locator::Css(&format!("svg[data-chart='{chart}']")))
+            .await
+            .map_err(|e| format!("no {chart} chart: {e}"))?;
+        let (_, _, width, height) = svg.rectangle().await.map_err(|e| e.to_string())?;
+        if width < 300.0 || height < 50.0 {
+            return Err(format!("the {chart} chart is {width}×{height}"));
+        }
+    }
+    let bars = client
+        .find_all(Locator::Css(
+            "svg[data-chart='refresh-outcomes'] rect[data-outcome]",
+        ))
+        .await
+        .map_err(|e| e.to_string())?;
+    if bars.len() < 24 {
+        return Err(format!(
+            "{} refresh bars, expected one per hour at least",
+            bars.len()
+        ));
+    }
+    let points = client
+        .find_all(Locator::Css(
+            "svg[data-chart='lwa-latency'] circle[data-series='p99']",
+        ))
+        .await
+        .map_err(|e| e.to_string())?;
+    if points.len() != 24 {
+        return Err(format!("{} p99 points, expected 24", points.len()));
+    }
+    let abandoned = client
+        .find(Locator::Css(
+            "svg[data-chart='consent-funnel'] rect[data-region='eu'][data-step='abandoned']",
+        ))
+        .await
+        .map_err(|e| format!("no abandoned bar for Europe: {e}"))?
+        .attr("data-count")
+        .await
+        .map_err(|e| e.to_string())?;
+    if abandoned.as_deref() != Some("1") {
+        return Err(format!("Europe's abandoned attempts: {abandoned:?}"));
+    }
+    // The whole page in one picture, for a person to look at.
+    client
+        .set_window_size(1280, 3400)
+        .await
+        .map_err(|e| e.to_string())?;
+    save_screenshot(client, "ops-dashboard.png").await;
+    client
+        .set_window_size(1280, 1200)
+        .await
+        .map_err(|e| e.to_string())?;
+
+    // By default: what needs attention, 50 a page, newest change first.
+    let first = rows_shown(client).await?;
+    if first.len() != 50 {
+        return Err(format!("{} rows on the first page", first.len()));
+    }
+    // Filter by health: degraded, through the form.
+    client
+        .find(Locator::Css("select[name=health] option[value=degraded]"))
+        .await
+        .map_err(|e| e.to_string())?
+        .click()
+        .await
+        .map_err(|e| e.to_string())?;
+    click_button(client, "Filter").await?;
+    wait_for_path(client, &origin, "/ops").await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let shown = rows_shown(client).await?;
+        let healths = client
+            .find_all(Locator::Css(
+                "table[data-attention] tr[data-health='degraded']",
+            ))
+            .await
+            .map_err(|e| e.to_string())?;
+        if shown.len() == 1 && healths.len() == 1 {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("filtering by degraded shows {shown:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    save_screenshot(client, "ops-dashboard-degraded.png").await;
+
+    // One tenant's failing connections: two pages, each connection once.
+    client
+        .goto(&format!("{origin}/ops?tenant=bulk&health=failing"))
+        .await
+        .map_err(|e| e.to_string())?;
+    let page_one = rows_shown(client).await?;
+    client
+        .find(Locator::Css("a[rel=next]"))
+        .await
+        .map_err(|e| format!("no next-page link: {e}"))?
+        .click()
+        .await
+        .map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let page_two = loop {
+        let shown = rows_shown(client).await?;
+        if shown.len() == 10 {
+            break shown;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the second page shows {} rows", shown.len()));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut seen: Vec<String> = page_one.into_iter().chain(page_two).collect();
+    seen.sort();
+    let mut expected: Vec<String> = failing.iter().map(|id| id.to_string()).collect();
+    expected.sort();
+    if seen != expected {
+        return Err("the two pages do not list each failing connection once".into());
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_browser_uses_the_ops_dashboard() {
+    if !browser_available() {
+        return;
+    }
+    std::fs::create_dir_all(target_dir()).expect("create target/");
+    let app = TestApp::spawn().await;
+    let failing = seed_dashboard(&app).await;
+    let link = app
+        .services
+        .login_links
+        .create(sp_broker::login_links::LinkRequest {
+            kind: sp_broker::db::login_tokens::LoginKind::Ops,
+            tenant_id: None,
+            user_id: "op-browser",
+            email: None,
+            return_to: None,
+        })
+        .await
+        .unwrap()
+        .url;
+
+    let (driver, client) = start_browser().await;
+    let result = use_the_dashboard(&client, &app, &link, &failing).await;
+    if result.is_err() {
+        save_screenshot(&client, "ops-dashboard-failure.png").await;
+    }
+    let _ = client.close().await;
+    drop(driver);
+    if let Err(step) = result {
+        panic!("{step}");
+    }
 }

@@ -233,3 +233,175 @@ async fn the_dashboard_filters_searches_and_pages_by_keyset() {
         assert!(html.contains("Unknown filter"), "{html}");
     }
 }
+
+/// Inserts one refresh of `connection` that ended `hours_ago` hours before
+/// the app's clock (what the refresh engine writes after each LWA call).
+pub async fn seed_refresh(
+    app: &TestApp,
+    connection: uuid::Uuid,
+    hours_ago: i64,
+    outcome: &str,
+    latency_ms: i32,
+) {
+    sqlx::query(
+        "insert into refresh_event (connection_id, at, outcome, latency_ms) values ($1, $2, $3, $4)",
+    )
+    .bind(connection)
+    .bind(app.now() - time::Duration::hours(hours_ago) - time::Duration::minutes(5))
+    .bind(outcome)
+    .bind(latency_ms)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+}
+
+/// The `data-count` of the chart element carrying `attrs` (e.g.
+/// `data-region="eu" data-step="started"`), once per element.
+fn chart_counts(html: &str, attrs: &str) -> Vec<i64> {
+    html.split(&format!("{attrs} data-count=\""))
+        .skip(1)
+        .map(|rest| rest.split('"').next().unwrap().parse().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_dashboard_draws_a_days_refreshes_latency_and_consent_funnel_and_filters_the_audit_log()
+{
+    let app = TestApp::spawn().await;
+    let seller = app.signed_in_browser("acme", "u1").await;
+    // North America: connected. Europe: connected, declined (back without a
+    // code), and one left on Amazon's page.
+    assert_eq!(
+        seller
+            .connect_through("ATVPDKIKX0DER", "A1FUNNELNA")
+            .await
+            .status(),
+        303
+    );
+    assert_eq!(
+        seller
+            .connect_through(crate::flow_support::GERMANY, "A1FUNNELEU")
+            .await
+            .status(),
+        303
+    );
+    let declined = seller.connect(crate::flow_support::GERMANY, "seller").await;
+    let state = query_param(&location(&declined), "state").unwrap();
+    let back = seller
+        .client
+        .get(app.url(&format!(
+            "/oauth/amazon/callback?state={state}&error=access_denied"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(back.status(), 400);
+    assert_eq!(
+        seller
+            .connect(crate::flow_support::GERMANY, "seller")
+            .await
+            .status(),
+        303
+    );
+    let connections = connection_rows(&seller.page().await);
+    let na = connections
+        .iter()
+        .find(|c| c.1 == "A1FUNNELNA")
+        .unwrap()
+        .0
+        .parse()
+        .unwrap();
+    let other = app
+        .seed_connection(
+            "other",
+            "A1OTHERT",
+            "Atzr|r",
+            "Atza|a",
+            time::Duration::hours(1),
+        )
+        .await;
+    app.clock.advance(time::Duration::minutes(16));
+
+    seed_refresh(&app, na, 2, "ok", 100).await;
+    seed_refresh(&app, na, 2, "ok", 120).await;
+    seed_refresh(&app, na, 2, "ok", 140).await;
+    seed_refresh(&app, na, 2, "invalid_grant", 900).await;
+    seed_refresh(&app, na, 20, "amazon_unavailable", 5000).await;
+    seed_refresh(&app, na, 20, "amazon_unavailable", 5000).await;
+    seed_refresh(&app, na, 30, "ok", 50).await; // older than the charts' day
+
+    let client = operator(&app).await;
+    let get = |path: &str| {
+        let request = client.get(app.url(path));
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    let (status, html) = get("/ops").await;
+    assert_eq!(status, 200);
+
+    // Refreshes by outcome: 3 ok + 1 invalid_grant in one hour, 2 unavailable in another.
+    assert_eq!(chart_counts(&html, r#"data-outcome="ok""#), vec![3]);
+    assert_eq!(
+        chart_counts(&html, r#"data-outcome="invalid_grant""#),
+        vec![1]
+    );
+    assert_eq!(
+        chart_counts(&html, r#"data-outcome="amazon_unavailable""#),
+        vec![2]
+    );
+    // LWA latency: p50 and p99 of each hour with refreshes, oldest first.
+    let ms = |series: &str| -> Vec<String> {
+        html.split(&format!("data-series=\"{series}\" data-ms=\""))
+            .skip(1)
+            .map(|rest| rest.split('"').next().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(ms("p50"), vec!["5000", "130"]);
+    assert_eq!(ms("p99"), vec!["5000", "877"]);
+
+    // The funnel by region.
+    let step = |region: &str, step: &str| {
+        chart_counts(
+            &html,
+            &format!("data-region=\"{region}\" data-step=\"{step}\""),
+        )
+    };
+    assert_eq!(step("na", "started"), vec![1]);
+    assert_eq!(step("na", "connected"), vec![1]);
+    assert_eq!(step("na", "abandoned"), vec![0]);
+    assert_eq!(step("eu", "started"), vec![3]);
+    assert_eq!(step("eu", "returned"), vec![2]);
+    assert_eq!(step("eu", "connected"), vec![1]);
+    assert_eq!(step("eu", "failed"), vec![1]);
+    assert_eq!(step("eu", "abandoned"), vec![1]);
+    assert!(
+        step("fe", "started").is_empty(),
+        "no attempt in the far east"
+    );
+
+    // The audit log: everything, one tenant's, one connection's.
+    let actions = |html: &str| -> Vec<String> {
+        html.split("<tr data-audit-action=\"")
+            .skip(1)
+            .map(|rest| rest.split('"').next().unwrap().to_owned())
+            .collect()
+    };
+    let everything = actions(&html);
+    assert!(everything.len() >= 3, "{everything:?}");
+    let (_, html) = get("/ops?audit_tenant=other").await;
+    assert!(!actions(&html).is_empty());
+    assert!(html.contains(&format!("/ops/connections/{other}")));
+    assert!(!html.contains(&format!("<a href=\"/ops/connections/{na}\">")));
+    let (_, html) = get(&format!("/ops?audit_connection={na}")).await;
+    let of_na = actions(&html);
+    assert!(!of_na.is_empty());
+    assert!(of_na.len() < everything.len(), "{of_na:?}");
+    assert!(!html.contains(&format!("<a href=\"/ops/connections/{other}\">")));
+    let (_, html) = get("/ops?audit_tenant=nobody").await;
+    assert!(html.contains("No audit entry matches"));
+    let (status, html) = get("/ops?audit_connection=garbage").await;
+    assert_eq!(status, 400);
+    assert!(html.contains("Unknown filter"));
+}

@@ -2,6 +2,7 @@
 //! one-time login link starts. Every POST checks the session's CSRF token and,
 //! when present, the `Origin` header.
 
+mod charts;
 pub mod connections;
 pub mod ops;
 

@@ -99,7 +99,27 @@ struct OpsPage {
     webhooks_failed: i64,
     webhooks_last_error: String,
     csrf_token: String,
+    /// Server-rendered SVG (see `charts`): numbers and fixed labels only.
+    refresh_chart: String,
+    latency_chart: String,
+    consent_chart: String,
+    audit: Vec<AuditRow>,
+    filter_audit_tenant: String,
+    filter_audit_connection: String,
 }
+
+/// An audit log line on the dashboard.
+pub struct AuditRow {
+    at: String,
+    actor: String,
+    action: String,
+    tenant: String,
+    connection_id: Option<Uuid>,
+    detail: String,
+}
+
+/// Audit entries shown on the dashboard.
+const AUDIT_SHOWN: i64 = 50;
 
 /// Connections listed per page.
 const PAGE: i64 = 50;
@@ -120,6 +140,11 @@ pub struct OpsQuery {
     /// The keyset cursor of the next page: `{unix nanos}.{id}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<String>,
+    /// The audit log's filters: a tenant slug and a connection id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_tenant: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_connection: Option<String>,
 }
 
 /// The filters, checked.
@@ -130,6 +155,8 @@ struct Filters {
     health: Option<Option<Health>>,
     selling_partner_id: Option<String>,
     after: Option<(OffsetDateTime, Uuid)>,
+    audit_tenant: Option<String>,
+    audit_connection: Option<Uuid>,
 }
 
 fn given(value: &Option<String>) -> Option<&str> {
@@ -165,7 +192,16 @@ impl OpsQuery {
                     .ok_or_else(|| bad("That page link is not one this dashboard made."))?,
             ),
         };
+        let audit_connection = match given(&self.audit_connection) {
+            None => None,
+            Some(raw) => Some(
+                raw.parse()
+                    .map_err(|_| bad("That connection id is not a connection id."))?,
+            ),
+        };
         Ok(Filters {
+            audit_tenant: given(&self.audit_tenant).map(str::to_owned),
+            audit_connection,
             tenant: given(&self.tenant).map(str::to_owned),
             status,
             health,
@@ -182,6 +218,8 @@ impl OpsQuery {
             status: given(&self.status).map(str::to_owned),
             health: given(&self.health).map(str::to_owned),
             q: given(&self.q).map(str::to_owned),
+            audit_tenant: given(&self.audit_tenant).map(str::to_owned),
+            audit_connection: given(&self.audit_connection).map(str::to_owned),
         };
         serde_urlencoded::to_string(&next).unwrap_or_default()
     }
@@ -312,6 +350,24 @@ pub async fn ops_page(
     let now = state.now();
     let (attention, next) = attention(&state, now, &filters).await?;
     let summary = state.summaries.summary().await?;
+    let last_day = state.summaries.last_day().await?;
+    let audit = crate::db::audit::list_recent(
+        &state.db,
+        filters.audit_tenant.as_deref(),
+        filters.audit_connection,
+        AUDIT_SHOWN,
+    )
+    .await?
+    .into_iter()
+    .map(|a| AuditRow {
+        at: human_time(Some(a.at)),
+        actor: a.actor,
+        action: a.action,
+        tenant: a.tenant.unwrap_or_else(|| "—".to_owned()),
+        connection_id: a.connection_id,
+        detail: a.detail.to_string(),
+    })
+    .collect();
     let (app_state, app_message) = match summary.app_credentials.state {
         "rejected" => ("rejected", "Amazon REJECTED every client secret of the app. Refreshes are held app-wide (one probe at a time) until a secret works: rotate or fix SP_BROKER_LWA_CLIENT_SECRET. Sellers' statuses are not touched."),
         "ok" => ("ok", "Amazon accepted the app's client secret the last time it was used."),
@@ -357,6 +413,14 @@ pub async fn ops_page(
             None => "None".to_owned(),
         },
         csrf_token: auth.csrf_token,
+        refresh_chart: super::charts::refresh_outcomes(&last_day.hours),
+        latency_chart: super::charts::lwa_latency(&last_day.hours),
+        consent_chart: super::charts::consent_funnel(&last_day.consent),
+        audit,
+        filter_audit_tenant: given(&query.audit_tenant).unwrap_or_default().to_owned(),
+        filter_audit_connection: given(&query.audit_connection)
+            .unwrap_or_default()
+            .to_owned(),
     })
 }
 
