@@ -32,6 +32,8 @@ use std::time::Duration;
 /// Connections claimed at a time, at most: about two seconds of the rate
 /// budget (so that instances share a pass rather than one hoarding it).
 const BATCH: i64 = 50;
+/// Sweep refreshes of one instance in flight at once, at most.
+const MOST_IN_FLIGHT: usize = 128;
 /// Expiry notices written per transaction.
 const EXPIRY_BATCH: i64 = 100;
 /// A pass gives up waiting for Amazon to be callable again after this long.
@@ -104,21 +106,64 @@ impl Sweep {
             if due.is_empty() {
                 break;
             }
-            for id in due {
-                counts.due += 1;
-                let outcome = if self.wait_until_amazon_callable().await {
-                    let wait = connections::take_sweep_slot(&self.db, self.spacing()).await?;
-                    tokio::time::sleep(wait).await;
-                    self.broker.sweep_refresh(id).await
-                } else {
-                    SweepOutcome::Skipped
-                };
-                crate::metrics::sweep_connection(counts.count(outcome));
-            }
+            self.refresh_all(due, &mut counts).await?;
         }
         crate::metrics::sweep_pass_done(self.clock.now().unix_timestamp());
         tracing::info!(?counts, "health sweep pass done");
         Ok(counts)
+    }
+
+    /// Refreshes the claimed connections, each at its pacer slot, several at
+    /// once: the pacer spaces the calls' starts, and with Amazon's latency
+    /// (a few hundred ms) one call at a time could not reach the rate. The
+    /// refreshes in flight are waited for even when taking a slot fails.
+    async fn refresh_all(
+        &self,
+        due: Vec<uuid::Uuid>,
+        counts: &mut PassCounts,
+    ) -> Result<(), sqlx::Error> {
+        let mut in_flight = tokio::task::JoinSet::new();
+        let finish = |done: Result<SweepOutcome, tokio::task::JoinError>,
+                      counts: &mut PassCounts| {
+            let outcome = done.unwrap_or(SweepOutcome::Failed);
+            crate::metrics::sweep_connection(counts.count(outcome));
+        };
+        let mut result = Ok(());
+        for id in due {
+            counts.due += 1;
+            while in_flight.len() >= self.in_flight_limit() {
+                if let Some(done) = in_flight.join_next().await {
+                    finish(done, counts);
+                }
+            }
+            if !self.wait_until_amazon_callable().await {
+                finish(Ok(SweepOutcome::Skipped), counts);
+                continue;
+            }
+            let wait = match connections::take_sweep_slot(&self.db, self.spacing()).await {
+                Ok(wait) => wait,
+                Err(e) => {
+                    // Claimed and not refreshed: the next pass finds it due again.
+                    result = Err(e);
+                    break;
+                }
+            };
+            let broker = self.broker.clone();
+            in_flight.spawn(async move {
+                tokio::time::sleep(wait).await;
+                broker.sweep_refresh(id).await
+            });
+        }
+        while let Some(done) = in_flight.join_next().await {
+            finish(done, counts);
+        }
+        result
+    }
+
+    /// Refreshes in flight at once: half a second of the budget (Amazon
+    /// answers within that), at least one.
+    fn in_flight_limit(&self) -> usize {
+        ((self.config.rate / 2.0).ceil() as usize).clamp(1, MOST_IN_FLIGHT)
     }
 
     fn batch(&self) -> i64 {

@@ -54,6 +54,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use uuid::Uuid;
 
+mod lifecycle;
+
 type BoxError = Box<dyn Error + Send + Sync>;
 
 /// The broker re-reads a cached connection's row after this long (the broker's
@@ -117,6 +119,22 @@ struct Args {
     /// (b), writing DIR/a.perf.data and DIR/b.perf.data (perturbs the figures).
     #[arg(long, value_name = "DIR")]
     perf_dir: Option<PathBuf>,
+    /// `tokens`: (a)–(d) above. `lifecycle`: the ops pages and the
+    /// connection list at --connections, and one health-sweep pass over them.
+    #[arg(long, value_enum, default_value_t = Scenario::Tokens)]
+    scenario: Scenario,
+    /// The sweep's budget in the lifecycle scenario (SP_BROKER_SWEEP_RATE).
+    #[arg(long, default_value_t = 500)]
+    sweep_rate: u32,
+    /// Requests per page measured in the lifecycle scenario.
+    #[arg(long, default_value_t = 100)]
+    page_requests: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Scenario {
+    Tokens,
+    Lifecycle,
 }
 
 fn main() -> Result<(), BoxError> {
@@ -125,7 +143,10 @@ fn main() -> Result<(), BoxError> {
         .worker_threads(args.client_threads.max(1))
         .enable_all()
         .build()?;
-    runtime.block_on(run(args))
+    match args.scenario {
+        Scenario::Tokens => runtime.block_on(run(args)),
+        Scenario::Lifecycle => runtime.block_on(lifecycle::run(args)),
+    }
 }
 
 async fn run(args: Args) -> Result<(), BoxError> {
@@ -158,7 +179,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
 
     // 1. Seed.
     let started = Instant::now();
-    let seeded = seed(&args.database_url, args.connections).await?;
+    let seeded = seed(&args.database_url, args.connections, false).await?;
     println!(
         "  seeded:    {} connections with sealed refresh and access tokens in {:.1} s",
         seeded.connection_ids.len(),
@@ -464,7 +485,9 @@ impl Seeded {
 
 /// A fresh database with one tenant, one API key and `count` connections whose
 /// tokens are sealed as the authorization flow seals them.
-async fn seed(database_url: &str, count: usize) -> Result<Seeded, BoxError> {
+/// With `sandbox_grants`, the sandbox Amazon also knows every refresh token
+/// (as if each seller had consented), so refreshes succeed.
+async fn seed(database_url: &str, count: usize, sandbox_grants: bool) -> Result<Seeded, BoxError> {
     recreate_database(database_url).await?;
     let pool = sp_broker::db::connect(database_url).await?;
     sp_broker::db::migrate(&pool).await?;
@@ -489,7 +512,12 @@ async fn seed(database_url: &str, count: usize) -> Result<Seeded, BoxError> {
     let tenant = services.tenants.create("bench", Some("Benchmark")).await?;
     let api_key = services
         .api_keys
-        .create("bench", None, &["tokens:issue".into()], "bench")
+        .create(
+            "bench",
+            None,
+            &["tokens:issue".into(), "connections:read".into()],
+            "bench",
+        )
         .await?;
 
     // Batches of 500 in one transaction each, a few transactions at a time.
@@ -505,7 +533,7 @@ async fn seed(database_url: &str, count: usize) -> Result<Seeded, BoxError> {
             let services = services.clone();
             let tenant_id = tenant.id;
             tasks.push(tokio::spawn(async move {
-                seed_batch(&services, tenant_id, start, end).await
+                seed_batch(&services, tenant_id, start, end, sandbox_grants).await
             }));
         }
         for task in tasks {
@@ -546,6 +574,7 @@ async fn seed_batch(
     tenant_id: Uuid,
     start: usize,
     end: usize,
+    sandbox_grants: bool,
 ) -> Result<(Vec<Uuid>, Option<SecretString>), BoxError> {
     let expires_at = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
     // LWA tokens are a few hundred characters: 300 random bytes, base64url.
@@ -576,6 +605,22 @@ async fn seed_batch(
         )
         .collect();
     let stored = services.authorizer.store_all(&authorizations).await?;
+    if sandbox_grants {
+        let hashes: Vec<Vec<u8>> = sellers
+            .iter()
+            .map(|(_, refresh, _)| sp_broker::secrets::sha256_secret(refresh))
+            .collect();
+        let ids: Vec<&str> = sellers.iter().map(|(id, _, _)| id.as_str()).collect();
+        sqlx::query(
+            "insert into sandbox_grant (refresh_token_hash, selling_partner_id, client_id, created_at)
+             select unnest($1::bytea[]), unnest($2::text[]), $3, now()",
+        )
+        .bind(&hashes)
+        .bind(&ids)
+        .bind(sp_broker::config::SANDBOX_CLIENT_ID)
+        .execute(&services.db)
+        .await?;
+    }
     let first = (start == 0)
         .then(|| sellers.first().map(|(_, _, access)| access.clone()))
         .flatten();
@@ -598,6 +643,15 @@ struct Server {
 impl Server {
     /// Starts `sp-broker serve` on a free port and waits until `/readyz` answers 200.
     async fn start(args: &Args, key_spec: &SecretString) -> Result<Server, BoxError> {
+        Server::start_with(args, key_spec, &[]).await
+    }
+
+    /// `start` with more settings (name, value).
+    async fn start_with(
+        args: &Args,
+        key_spec: &SecretString,
+        settings: &[(&str, String)],
+    ) -> Result<Server, BoxError> {
         let addr = {
             let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
             probe.local_addr()?
@@ -621,6 +675,7 @@ impl Server {
             .env("SP_BROKER_PUBLIC_URL", format!("http://{addr}"))
             .env("SP_BROKER_AMAZON", "sandbox")
             .env("SP_BROKER_LOG", "warn")
+            .envs(settings.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
