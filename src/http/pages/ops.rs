@@ -250,7 +250,7 @@ async fn attention(
                     c.status_reason, c.last_error_message, c.status_changed_at, c.last_error_at,
                     c.authorized_at, c.authorization_expires_at
              from connection c join tenant t on t.id = c.tenant_id
-             where ($2::text is null or t.slug = $2)
+             where ($2::text is null or c.tenant_id = (select id from tenant where slug = $2))
                and ($3::text is null or c.status = $3)
                and ($4::text is null or c.selling_partner_id = $4)
                and ($5::timestamptz is null or (c.status_changed_at, c.id) < ($5, $6))
@@ -348,26 +348,28 @@ pub async fn ops_page(
     })?;
     let filters = query.filters()?;
     let now = state.now();
-    let (attention, next) = attention(&state, now, &filters).await?;
-    let summary = state.summaries.summary().await?;
-    let last_day = state.summaries.last_day().await?;
-    let audit = crate::db::audit::list_recent(
-        &state.db,
-        filters.audit_tenant.as_deref(),
-        filters.audit_connection,
-        AUDIT_SHOWN,
-    )
-    .await?
-    .into_iter()
-    .map(|a| AuditRow {
-        at: human_time(Some(a.at)),
-        actor: a.actor,
-        action: a.action,
-        tenant: a.tenant.unwrap_or_else(|| "—".to_owned()),
-        connection_id: a.connection_id,
-        detail: a.detail.to_string(),
-    })
-    .collect();
+    let ((attention, next), summary, last_day, audit) = tokio::try_join!(
+        attention(&state, now, &filters),
+        state.summaries.summary(),
+        state.summaries.last_day(),
+        crate::db::audit::list_recent(
+            &state.db,
+            filters.audit_tenant.as_deref(),
+            filters.audit_connection,
+            AUDIT_SHOWN,
+        ),
+    )?;
+    let audit = audit
+        .into_iter()
+        .map(|a| AuditRow {
+            at: human_time(Some(a.at)),
+            actor: a.actor,
+            action: a.action,
+            tenant: a.tenant.unwrap_or_else(|| "—".to_owned()),
+            connection_id: a.connection_id,
+            detail: a.detail.to_string(),
+        })
+        .collect();
     let (app_state, app_message) = match summary.app_credentials.state {
         "rejected" => ("rejected", "Amazon REJECTED every client secret of the app. Refreshes are held app-wide (one probe at a time) until a secret works: rotate or fix SP_BROKER_LWA_CLIENT_SECRET. Sellers' statuses are not touched."),
         "ok" => ("ok", "Amazon accepted the app's client secret the last time it was used."),
