@@ -207,31 +207,42 @@ impl Summaries {
         &self,
         now: OffsetDateTime,
     ) -> Result<(RefreshOutcomes, RefreshOutcomes), sqlx::Error> {
-        let rows: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            outcome: String,
+            hour_count: i64,
+            hour_latency_ms: i64,
+            day_count: i64,
+            day_latency_ms: i64,
+        }
+        let rows: Vec<Row> = sqlx::query_as(
             "select outcome,
-                    count(*) filter (where at > $1 - interval '1 hour'),
-                    coalesce(sum(latency_ms) filter (where at > $1 - interval '1 hour'), 0)::int8,
-                    count(*), coalesce(sum(latency_ms), 0)::int8
+                    count(*) filter (where at > $1 - interval '1 hour') as hour_count,
+                    coalesce(sum(latency_ms) filter (where at > $1 - interval '1 hour'), 0)::int8 as hour_latency_ms,
+                    count(*) as day_count, coalesce(sum(latency_ms), 0)::int8 as day_latency_ms
              from refresh_event where at > $1 - interval '1 day' group by outcome",
         )
         .bind(now)
         .fetch_all(&self.db)
         .await?;
-        let window = |pick: fn(&(String, i64, i64, i64, i64)) -> (i64, i64)| {
-            let (count, latency): (i64, i64) = rows
+        let window = |pick: fn(&Row) -> (i64, i64)| {
+            let (count, latency) = rows
                 .iter()
                 .map(pick)
                 .fold((0, 0), |(n, l), (dn, dl)| (n + dn, l + dl));
             RefreshOutcomes {
                 outcomes: rows
                     .iter()
-                    .map(|r| (r.0.clone(), pick(r).0))
+                    .map(|r| (r.outcome.clone(), pick(r).0))
                     .filter(|(_, n)| *n > 0)
                     .collect(),
                 mean_latency_ms: (count > 0).then(|| latency as f64 / count as f64),
             }
         };
-        Ok((window(|r| (r.1, r.2)), window(|r| (r.3, r.4))))
+        Ok((
+            window(|r| (r.hour_count, r.hour_latency_ms)),
+            window(|r| (r.day_count, r.day_latency_ms)),
+        ))
     }
 
     /// The dashboard's 24 hours, at most [`LAST_DAY_KEPT`] old: hourly
