@@ -54,6 +54,14 @@ pub fn token_issued(source: TokenSource) {
 }
 
 /// A token request refused, by the contract's error code.
+/// A request to the LWA-compatible endpoint (`POST /auth/o2/token`): its
+/// grant (`refresh_token`, `client_credentials`, `other`) and outcome (`ok`
+/// or LWA's error code).
+pub fn lwa_compatible(grant: &'static str, outcome: &'static str) {
+    metrics::counter!("sp_broker_lwa_compatible_requests_total", "grant" => grant, "outcome" => outcome)
+        .increment(1);
+}
+
 pub fn token_refused(code: &'static str) {
     metrics::counter!("sp_broker_access_token_errors_total", "code" => code).increment(1);
 }

@@ -3,6 +3,7 @@
 //! or an `Authorization` header), health and readiness.
 
 pub mod api;
+pub mod lwa_compat;
 pub mod metrics;
 pub mod oauth;
 pub mod pages;
@@ -161,6 +162,7 @@ pub fn router(state: AppState, sandbox: Option<std::sync::Arc<crate::sandbox::Sa
     let mut router = Router::new()
         .merge(browser)
         .merge(api::router())
+        .route("/auth/o2/token", post(lwa_compat::token))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics::metrics_handler))

@@ -838,6 +838,16 @@ async fn openapi_json_is_valid_openapi_3_1_with_every_v1_route() {
         "documented but not in the contract: {extra:?}"
     );
 
+    // The LWA-compatible endpoint, with its form body and LWA's statuses.
+    let lwa = &raw["paths"]["/auth/o2/token"]["post"];
+    assert!(
+        lwa["requestBody"]["content"]["application/x-www-form-urlencoded"].is_object(),
+        "{lwa}"
+    );
+    for status in ["200", "400", "401", "503"] {
+        assert!(lwa["responses"][status].is_object(), "{status} of {lwa}");
+    }
+
     // Every operation has responses, and every reference resolves.
     for (path, method, operation) in spec.operations() {
         let responses = operation.responses(&spec);

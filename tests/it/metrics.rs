@@ -160,6 +160,20 @@ async fn metrics_parse_as_prometheus_text_and_move_by_what_happened() {
             .unwrap();
         assert_eq!(answer.status(), 200);
     }
+    // Through the LWA-compatible endpoint: one token, one refused key.
+    for (secret, status) in [(key.clone(), 200), (format!("{key}x"), 401)] {
+        let answer = client
+            .post(app.url("/auth/o2/token"))
+            .form(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", id.as_str()),
+                ("client_secret", secret.as_str()),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), status);
+    }
     app.clock.advance(time::Duration::seconds(86_400 + 60));
     let swept = app.services.sweep.pass().await.unwrap();
     assert_eq!(swept.refreshed, 1);
@@ -184,8 +198,19 @@ async fn metrics_parse_as_prometheus_text_and_move_by_what_happened() {
             "sp_broker_access_tokens_issued_total",
             &[("source", "cache")]
         ),
-        4.0
+        5.0,
+        "four from the JSON route, one from /auth/o2/token"
     );
+    for outcome in ["ok", "invalid_client"] {
+        assert_eq!(
+            moved(
+                "sp_broker_lwa_compatible_requests_total",
+                &[("grant", "refresh_token"), ("outcome", outcome)]
+            ),
+            1.0,
+            "{outcome}"
+        );
+    }
     assert_eq!(
         moved(
             "sp_broker_sweep_connections_total",

@@ -684,3 +684,186 @@ async fn sandbox_flow(logs: Arc<Mutex<Vec<u8>>>) {
         }
     }
 }
+
+#[tokio::test]
+async fn no_lwa_compatible_answer_or_log_line_holds_a_key_or_a_token() {
+    let logs = capture_logs();
+    lwa_compatible_flow(logs)
+        .with_subscriber(tracing::subscriber::NoSubscriber::default())
+        .await;
+}
+
+/// SDK-style requests to `POST /auth/o2/token`, good and bad, at `trace`.
+async fn lwa_compatible_flow(logs: Arc<Mutex<Vec<u8>>>) {
+    const CACHED: &str = "Atza|CANARY-CACHED-FOR-SDK-3e7a";
+    const GRANTLESS: &str = "Atc|CANARY-GRANTLESS-8d2f";
+    let mock = wiremock::MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/auth/o2/token"))
+        .and(body_string_contains("grant_type=refresh_token"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "access_token": ACCESS, "refresh_token": REFRESH,
+            "token_type": "bearer", "expires_in": 3600,
+        })))
+        .mount(&mock)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/auth/o2/token"))
+        .and(body_string_contains("grant_type=client_credentials"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "access_token": GRANTLESS, "token_type": "bearer", "expires_in": 3600,
+        })))
+        .mount(&mock)
+        .await;
+    let url = format!("{}/auth/o2/token", mock.uri());
+    let app = TestApp::spawn_with(|s| {
+        s.lwa_token_url = Some(url);
+        s.lwa_client_secret = Some(CLIENT_SECRET.into());
+        s.log = "trace".into();
+    })
+    .await;
+    // 100 s left: the first request refreshes (the default wants 300).
+    let id = app
+        .seed_connection(
+            "acme",
+            "A1LWALOG",
+            REFRESH,
+            CACHED,
+            time::Duration::seconds(100),
+        )
+        .await
+        .to_string();
+    let key = app.api_key(Some("acme"), &[]).await;
+    let admin = app.api_key(None, &["tenants:admin"]).await;
+    let wrong = format!("{}Z", &key[..key.len() - 1]);
+    let client = reqwest::Client::new();
+    let endpoint = app.url("/auth/o2/token");
+    let mut answers = Vec::new();
+    let refresh = [
+        ("grant_type", "refresh_token"),
+        ("refresh_token", id.as_str()),
+    ];
+    let with_secret = |secret: &str| {
+        vec![
+            ("grant_type", "refresh_token".to_owned()),
+            ("refresh_token", id.clone()),
+            ("client_secret", secret.to_owned()),
+        ]
+    };
+    assert_eq!(
+        record(
+            &mut answers,
+            client.post(&endpoint).form(&with_secret(&key))
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        record(
+            &mut answers,
+            client
+                .post(&endpoint)
+                .basic_auth("sdk", Some(&key))
+                .form(&refresh)
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        record(
+            &mut answers,
+            client.post(&endpoint).json(&json!({
+                "grant_type": "refresh_token", "refresh_token": id, "client_secret": key,
+            }))
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        record(
+            &mut answers,
+            client.post(&endpoint).form(&with_secret(&wrong))
+        )
+        .await,
+        401
+    );
+    assert_eq!(
+        record(
+            &mut answers,
+            client
+                .post(&endpoint)
+                .basic_auth("sdk", Some(&wrong))
+                .form(&refresh)
+        )
+        .await,
+        401
+    );
+    assert_eq!(
+        record(
+            &mut answers,
+            client.post(&endpoint).form(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", REFRESH),
+                ("client_secret", key.as_str()),
+            ])
+        )
+        .await,
+        400,
+        "a real refresh token is not a connection id"
+    );
+    assert_eq!(
+        record(
+            &mut answers,
+            client.post(&endpoint).form(&[
+                ("grant_type", "client_credentials"),
+                ("scope", "sellingpartnerapi::notifications"),
+                ("client_secret", admin.as_str()),
+            ])
+        )
+        .await,
+        200
+    );
+    assert!(
+        answers[0].contains(ACCESS),
+        "the refreshed token was handed out"
+    );
+
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let log = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    assert!(log.contains("/auth/o2/token"), "the requests were logged");
+    for (name, secret) in [
+        ("the API key", key.as_str()),
+        ("the admin API key", admin.as_str()),
+        ("a wrong API key", wrong.as_str()),
+        ("the refresh token", REFRESH),
+        ("the refreshed access token", ACCESS),
+        ("the cached access token", CACHED),
+        ("the grantless token", GRANTLESS),
+        ("the client secret", CLIENT_SECRET),
+    ] {
+        assert_absent(&log, secret, name, "the log");
+    }
+    for answer in &answers {
+        for (name, secret) in [
+            ("a refresh token", "Atzr|"),
+            ("the API key", key.as_str()),
+            ("the client secret", CLIENT_SECRET),
+        ] {
+            assert_absent(answer, secret, name, "an answer of /auth/o2/token");
+        }
+    }
+}
+
+/// Sends `request` and keeps its answer (headers and body) in `answers`.
+async fn record(answers: &mut Vec<String>, request: reqwest::RequestBuilder) -> u16 {
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers: String = response
+        .headers()
+        .iter()
+        .map(|(k, v)| format!("{k}: {}\n", v.to_str().unwrap_or_default()))
+        .collect();
+    let body = response.text().await.unwrap();
+    answers.push(format!("{headers}\n{body}"));
+    status
+}

@@ -99,8 +99,9 @@ struct Args {
     /// Concurrent HTTP connections of the load generator.
     #[arg(long, env = "BENCH_CONCURRENCY", default_value_t = 64)]
     concurrency: usize,
-    /// Timed window of phases (a) and (b), seconds.
-    #[arg(long, env = "BENCH_SECONDS", default_value_t = 10)]
+    /// Timed window of phases (a), (b) and (e) per round, seconds (a round stays
+    /// within the broker's 30 s re-check).
+    #[arg(long, env = "BENCH_SECONDS", default_value_t = 7)]
     seconds: u64,
     /// Warm-up before each timed window (not counted), seconds.
     #[arg(long, env = "BENCH_WARMUP_SECONDS", default_value_t = 2)]
@@ -168,8 +169,8 @@ async fn run(args: Args) -> Result<(), BoxError> {
     let slices = args.slices.max(1);
     let slice = timed / slices;
     println!(
-        "  phases:    {} round(s) of (a) and (b), each {} s timed in {slices} alternating slice(s) of {:.1} s \
-         ({:.1} s warm-up each; {} s for the first (b) of a round); (c) one request per connection",
+        "  phases:    {} round(s) of (a), (b) and (e), each {} s timed in {slices} alternating slice(s) of {:.1} s \
+         ({:.1} s warm-up each; {} s for the first (b) of a round); (e) is POST /auth/o2/token (cache hit); (c) one request per connection",
         args.rounds.max(1),
         timed.as_secs(),
         slice.as_secs_f64(),
@@ -194,7 +195,8 @@ async fn run(args: Args) -> Result<(), BoxError> {
     let mut server = Server::start(&args, &seeded.key_spec).await?;
     check_token_answer(server.addr, &seeded).await?;
     // From the first warm-up of a round to the end of its last (b) slice.
-    let round_span = warmup + (slice + SLICE_WARMUP) * (2 * slices - 1) - SLICE_WARMUP;
+    // (b), (a) and (e) take turns, so the last (e) ends this long after the first (b) starts.
+    let round_span = warmup + slice + (SLICE_WARMUP + slice) * (3 * slices - 1);
     if round_span >= BROKER_RECHECK {
         println!(
             "  WARNING:   a round's (b) slices end {} s after its re-reads: cached connections get re-read from PostgreSQL during (b)",
@@ -205,6 +207,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
     // (a) and (b), `rounds` times; the figures pool all rounds.
     let healthz = Plan::healthz(server.addr);
     let tokens = Plan::access_tokens(server.addr, &seeded);
+    let lwa = Plan::lwa_tokens(server.addr, &seeded);
     let perf = |phase: &str| {
         args.perf_dir
             .as_ref()
@@ -212,6 +215,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
     };
     let mut floor = PhaseResult::default();
     let mut hits = PhaseResult::default();
+    let mut lwa_hits = PhaseResult::default();
     let mut pass_errors = 0;
     // When the cached entries were last loaded: the broker re-reads an entry
     // from PostgreSQL once it is BROKER_RECHECK old.
@@ -243,6 +247,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
         }
         let mut a = PhaseResult::default();
         let mut b = PhaseResult::default();
+        let mut e = PhaseResult::default();
         for index in 0..slices {
             let first = round == 1 && index == 0;
             let limit = Limit::timed(if index == 0 { warmup } else { SLICE_WARMUP }, slice);
@@ -251,6 +256,8 @@ async fn run(args: Args) -> Result<(), BoxError> {
             let limit = Limit::timed(SLICE_WARMUP, slice);
             profile(&server, limit, perf("a").filter(|_| first));
             a.merge(run_phase(&server, &healthz, concurrency, limit).await?);
+            let limit = Limit::timed(SLICE_WARMUP, slice);
+            e.merge(run_phase(&server, &lwa, concurrency, limit).await?);
         }
         println!(
             "  round {round}:   (a) {:>6.0} req/s, p99 {} ms   (b) {:>6.0} req/s, p99 {} ms   (b)/(a) {:.1} %   server RSS {} MiB",
@@ -261,8 +268,15 @@ async fn run(args: Args) -> Result<(), BoxError> {
             b.rps() / a.rps() * 100.0,
             server.rss_mib()
         );
+        println!(
+            "             (e) {:>6.0} req/s, p99 {} ms   (e)/(b) {:.1} %",
+            e.rps(),
+            ms(e.percentile(99.0)),
+            e.rps() / b.rps() * 100.0
+        );
         floor.merge(a);
         hits.merge(b);
+        lwa_hits.merge(e);
     }
 
     // (c) restart: the in-memory cache is empty, every answer comes from PostgreSQL.
@@ -294,6 +308,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
     print_table(&[
         ("(a) GET /healthz (floor)", &floor),
         ("(b) access-token, cache hit", &hits),
+        ("(e) /auth/o2/token, cache hit", &lwa_hits),
         ("(c) access-token, from PostgreSQL", &misses),
         ("(d) bare primary-key SELECT", &bare),
     ]);
@@ -336,7 +351,13 @@ async fn run(args: Args) -> Result<(), BoxError> {
         ms(p99),
         if p99_met { "MET" } else { "NOT MET" }
     );
-    let errors = floor.errors + pass_errors + hits.errors + misses.errors;
+    let lwa_ratio = lwa_hits.rps() / hits.rps();
+    println!(
+        "Target (e) LWA-compatible throughput within 10 % of (b)'s: {:.1} % -> {}",
+        lwa_ratio * 100.0,
+        if lwa_ratio >= 0.90 { "MET" } else { "NOT MET" }
+    );
+    let errors = floor.errors + pass_errors + hits.errors + misses.errors + lwa_hits.errors;
     if errors > 0 {
         return Err(
             format!("{errors} requests did not answer 200: the figures are not valid").into(),
@@ -1034,6 +1055,33 @@ impl Plan {
                     "POST /v1/connections/{id}/access-token HTTP/1.1\r\nHost: {addr}\r\n\
                      Authorization: Bearer {key}\r\nContent-Type: application/json\r\n\
                      Content-Length: 2\r\n\r\n{{}}"
+                )
+                .into_bytes()
+            })
+            .collect();
+        Plan {
+            requests: Arc::new(requests),
+        }
+    }
+
+    /// (e): what an SP-API SDK sends to `POST /auth/o2/token` (the
+    /// connection id as refresh token, the API key as client secret).
+    fn lwa_tokens(addr: SocketAddr, seeded: &Seeded) -> Plan {
+        let key: String =
+            url::form_urlencoded::byte_serialize(seeded.api_key.expose_secret().as_bytes())
+                .collect();
+        let requests = seeded
+            .connection_ids
+            .iter()
+            .map(|id| {
+                let body = format!(
+                    "grant_type=refresh_token&refresh_token={id}&client_id=amzn1.application-oa2-client.sdk&client_secret={key}"
+                );
+                format!(
+                    "POST /auth/o2/token HTTP/1.1\r\nHost: {addr}\r\n\
+                     Content-Type: application/x-www-form-urlencoded\r\n\
+                     Content-Length: {}\r\n\r\n{body}",
+                    body.len()
                 )
                 .into_bytes()
             })

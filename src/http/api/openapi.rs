@@ -24,6 +24,17 @@ impl Modify for ApiKeyAuth {
                     .build(),
             ),
         );
+        components.add_security_scheme(
+            "lwa_basic",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Basic)
+                    .description(Some(
+                        "`POST /auth/o2/token` only: any user name, an sp-broker API key as the password.",
+                    ))
+                    .build(),
+            ),
+        );
     }
 }
 
@@ -35,6 +46,7 @@ impl Modify for ApiKeyAuth {
         connections::list_connections, connections::get_connection, connections::delete_connection,
         tokens::access_token, tokens::restricted_data_token, tokens::grantless_token,
         ops::summary, events::list_events,
+        crate::http::lwa_compat::token,
     ),
     components(schemas(ConnectionJson, Health, LastError)),
     modifiers(&ApiKeyAuth),

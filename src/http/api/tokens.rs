@@ -151,7 +151,7 @@ fn write_access_token(out: &mut Vec<u8>, issued: &IssuedToken, endpoint_json: &[
 /// that is checked in one pass the compiler vectorises (a fold without an early
 /// exit: `all` stops at the first miss and so is compiled byte by byte); serde
 /// does the rest.
-fn write_json_str(out: &mut Vec<u8>, value: &str) {
+pub(crate) fn write_json_str(out: &mut Vec<u8>, value: &str) {
     let plain = value.bytes().fold(true, |plain, b| {
         plain & (b >= 0x20) & (b != b'"') & (b != b'\\') & (b != 0x7f)
     });

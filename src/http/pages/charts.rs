@@ -12,6 +12,19 @@ use crate::db::consent_attempts::Funnel;
 use crate::ops_summary::HourOfRefreshes;
 use std::fmt::Write;
 
+/// A drawing made by this file. Askama writes it as it is (it is marked
+/// [`askama::filters::HtmlSafe`]), so templates need no `|safe`, and only
+/// this file can make one: its text is ours alone (see above).
+pub struct Svg(String);
+
+impl std::fmt::Display for Svg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl askama::filters::HtmlSafe for Svg {}
+
 const WIDTH: f64 = 720.0;
 const HEIGHT: f64 = 196.0;
 /// Room for the y axis's labels on the left and the x axis's below.
@@ -72,7 +85,7 @@ fn hourly_axes(out: &mut String, top_label: &str) {
 }
 
 /// Refreshes per hour, stacked by outcome.
-pub fn refresh_outcomes(hours: &[HourOfRefreshes]) -> String {
+pub fn refresh_outcomes(hours: &[HourOfRefreshes]) -> Svg {
     let mut out = String::with_capacity(8 * 1024);
     open(
         &mut out,
@@ -108,7 +121,7 @@ pub fn refresh_outcomes(hours: &[HourOfRefreshes]) -> String {
     }
     legend(&mut out, OUTCOMES.iter().copied());
     out.push_str("</svg>");
-    out
+    Svg(out)
 }
 
 /// A legend along the top right, one coloured square per series.
@@ -131,7 +144,7 @@ fn legend<'a>(out: &mut String, series: impl Iterator<Item = (&'a str, &'a str)>
 
 /// LWA's latency per hour: p50 and p99, a line each (broken where an hour
 /// had no refresh) with a point per hour.
-pub fn lwa_latency(hours: &[HourOfRefreshes]) -> String {
+pub fn lwa_latency(hours: &[HourOfRefreshes]) -> Svg {
     const SERIES: [(&str, &str); 2] = [("p50", "#1565c0"), ("p99", "#b71c1c")];
     let mut out = String::with_capacity(8 * 1024);
     open(
@@ -189,11 +202,11 @@ pub fn lwa_latency(hours: &[HourOfRefreshes]) -> String {
     }
     legend(&mut out, SERIES.iter().copied());
     out.push_str("</svg>");
-    out
+    Svg(out)
 }
 
 /// The consent funnel by region: one bar per step, its count beside it.
-pub fn consent_funnel(regions: &[Funnel]) -> String {
+pub fn consent_funnel(regions: &[Funnel]) -> Svg {
     const STEPS: [(&str, &str); 5] = [
         ("started", "#546e7a"),
         ("returned", "#1565c0"),
@@ -262,7 +275,7 @@ pub fn consent_funnel(regions: &[Funnel]) -> String {
         }
     }
     out.push_str("</g></svg>");
-    out
+    Svg(out)
 }
 
 #[cfg(test)]
@@ -286,7 +299,7 @@ mod tests {
         hours[23].ok = 8;
         hours[23].invalid_grant = 2;
         hours[0].amazon_unavailable = 5;
-        let svg = refresh_outcomes(&hours);
+        let svg = refresh_outcomes(&hours).0;
         assert_eq!(
             svg.matches("<rect x=").count(),
             3 + 4,
@@ -306,7 +319,7 @@ mod tests {
         for i in [0, 1, 5, 6, 7] {
             hours[i].latency_ms = Some((100.0, 400.0));
         }
-        let svg = lwa_latency(&hours);
+        let svg = lwa_latency(&hours).0;
         assert_eq!(svg.matches("<polyline").count(), 4, "two runs × two series");
         assert_eq!(svg.matches(r#"data-series="p99" data-ms="400""#).count(), 5);
     }
@@ -320,9 +333,10 @@ mod tests {
             connected: 2,
             failed: 1,
             abandoned: 1,
-        }]);
+        }])
+        .0;
         assert_eq!(svg.matches("data-region=\"eu\"").count(), 5);
         assert!(svg.contains(r#"data-step="abandoned" data-count="1""#));
-        assert!(consent_funnel(&[]).contains("No consent attempt"));
+        assert!(consent_funnel(&[]).0.contains("No consent attempt"));
     }
 }

@@ -100,9 +100,9 @@ struct OpsPage {
     webhooks_last_error: String,
     csrf_token: String,
     /// Server-rendered SVG (see `charts`): numbers and fixed labels only.
-    refresh_chart: String,
-    latency_chart: String,
-    consent_chart: String,
+    refresh_chart: super::charts::Svg,
+    latency_chart: super::charts::Svg,
+    consent_chart: super::charts::Svg,
     audit: Vec<AuditRow>,
     filter_audit_tenant: String,
     filter_audit_connection: String,
