@@ -78,6 +78,18 @@ pub struct ApiPrincipal {
 }
 
 impl ApiPrincipal {
+    /// An operator acting through the CLI or the ops dashboard (no API
+    /// key): platform-wide, `tenants:admin`, with a key's Amazon budget.
+    pub fn operator(actor: &str) -> Self {
+        ApiPrincipal {
+            key_id: Uuid::nil(),
+            public_id: actor.to_owned(),
+            tenant_id: None,
+            scopes: vec![Scope::TenantsAdmin],
+            budget: Arc::new(Mutex::new(Budget::default())),
+        }
+    }
+
     pub fn has_scope(&self, scope: Scope) -> bool {
         self.scopes.contains(&scope)
     }

@@ -107,6 +107,8 @@ impl Services {
         let credentials = Arc::new(AppCredentials::new(
             db.clone(),
             Arc::clone(&clock),
+            Arc::clone(&keys),
+            config.lwa_client_id.clone(),
             config.lwa_client_secrets.clone(),
         ));
         let broker = TokenBroker::new(BrokerHandles {
@@ -134,9 +136,14 @@ impl Services {
             )?)),
             None => None,
         };
-        let sandbox = config
-            .is_sandbox()
-            .then(|| Arc::new(Sandbox::new(db.clone(), Arc::clone(&clock), &config)));
+        let sandbox = config.is_sandbox().then(|| {
+            Arc::new(Sandbox::new(
+                db.clone(),
+                Arc::clone(&clock),
+                &config,
+                Arc::clone(&credentials),
+            ))
+        });
         Ok(Services {
             api_keys: Arc::new(ApiKeys::new(db.clone(), Arc::clone(&clock))),
             tenants: Arc::new(Tenants::new(db.clone(), Arc::clone(&clock))),

@@ -253,6 +253,7 @@ impl Authorizer {
         // retried (a refused secret is refused before the code is looked at).
         let started = Instant::now();
         let secrets = self.credentials.secrets_in_order();
+        let secrets = secrets.candidates();
         let deadline = started + TOTAL_TIMEOUT * secrets.len().max(1) as u32;
         let exchanged = self
             .lwa
@@ -274,12 +275,15 @@ impl Authorizer {
             Ok(tokens) => tokens,
             Err(error) => {
                 if matches!(error, LwaError::ClientRejected { .. }) {
-                    self.credentials.rejected().await?;
+                    let tried: Vec<_> = secrets.iter().map(|(id, _)| *id).collect();
+                    self.credentials.rejected(&tried).await?;
                 }
                 return Err(CompleteError::Exchange(error));
             }
         };
-        self.credentials.worked(tokens.secret_index).await?;
+        self.credentials
+            .worked(tokens.secret_id, &tokens.refused_first)
+            .await?;
         let refresh_token = tokens
             .refresh_token
             .as_ref()

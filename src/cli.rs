@@ -65,6 +65,17 @@ pub enum Command {
     WebhookSecret,
     /// Runs one health-sweep pass now, within the sweep's rate budget.
     Sweep,
+    /// The app's own LWA client secrets.
+    #[command(subcommand)]
+    App(AppCommand),
+}
+
+#[derive(Subcommand)]
+pub enum AppCommand {
+    /// The client secrets: which is in use, expiry, days left (JSON, as `GET /v1/app/status`).
+    Status,
+    /// Asks Amazon for a new client secret; it arrives as a notification.
+    RotateSecret,
 }
 
 #[derive(Subcommand)]
@@ -229,6 +240,30 @@ async fn admin(services: &Services, command: Command) -> Result<(), CliError> {
         Command::Sweep => {
             let counts = services.sweep.pass().await?;
             println!("{}", json_line(&counts));
+        }
+        Command::App(AppCommand::Status) => {
+            services.credentials.reload().await?;
+            let status = crate::app_secrets::status(&services.credentials);
+            println!("{}", json_line(&status));
+        }
+        Command::App(AppCommand::RotateSecret) => {
+            services.credentials.reload().await?;
+            let operator = crate::api_keys::ApiPrincipal::operator("cli");
+            crate::app_secrets::request_rotation(
+                &services.broker,
+                &services.spapi,
+                &operator,
+                "cli",
+            )
+            .await
+            .map_err(|e| CliError::Failed(format!("the rotation was not requested: {e}")))?;
+            println!(
+                "{}",
+                json_line(&serde_json::json!({
+                    "status": "requested",
+                    "detail": "Amazon accepted; the new secret arrives as an APPLICATION_OAUTH_CLIENT_NEW_SECRET notification",
+                }))
+            );
         }
         Command::Tenant(TenantCommand::List) => {
             for tenant in services.tenants.list().await? {

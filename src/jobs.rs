@@ -20,6 +20,8 @@ const FLUSH_EVERY: Duration = Duration::from_secs(30);
 /// Histogram samples wait in memory until drained into their buckets.
 const METRICS_UPKEEP_EVERY: Duration = Duration::from_secs(5);
 const CLEAN_EVERY: Duration = Duration::from_secs(300);
+/// How often the client secret's coming expiry is looked at (`app.secret_expiring`).
+const SECRET_EXPIRY_EVERY: Duration = Duration::from_secs(60);
 /// Refresh history (the ops dashboard's charts and the fuse's window) is kept this long.
 pub const REFRESH_HISTORY: time::Duration = time::Duration::days(30);
 
@@ -84,6 +86,7 @@ impl Jobs {
         let mut flush = tokio::time::interval(FLUSH_EVERY);
         let mut upkeep = tokio::time::interval(METRICS_UPKEEP_EVERY);
         let mut clean = tokio::time::interval(CLEAN_EVERY);
+        let mut secret_expiry = tokio::time::interval(SECRET_EXPIRY_EVERY);
         loop {
             tokio::select! {
                 _ = stop.changed() => break,
@@ -99,6 +102,11 @@ impl Jobs {
                     }
                     // Dropped cache entries (and their tokens) go within seconds.
                     self.broker.release_retired();
+                }
+                _ = secret_expiry.tick() => {
+                    if let Err(e) = crate::app_secrets::warn_if_expiring(self.broker.credentials()).await {
+                        tracing::warn!(error = %e, "could not check the client secret's expiry");
+                    }
                 }
                 _ = clean.tick() => {
                     if let Err(e) = self.clean_up_once().await {

@@ -8,6 +8,7 @@
 pub mod amazon;
 pub mod api_keys;
 pub mod app;
+pub mod app_secrets;
 pub mod authorization;
 pub mod broker;
 pub mod cli;

@@ -3,6 +3,7 @@
 //! `invalid_grant` fuse, and refresh outcomes over the last hour and day.
 //! One home, so the API, the dashboard and the metrics say the same.
 
+use crate::broker::app_credentials::SecretSource;
 use crate::broker::AppCredentials;
 use crate::clock::Clock;
 use crate::db::app_state;
@@ -26,8 +27,15 @@ pub struct RefreshOutcomes {
 pub struct AppCredentialsState {
     /// How many client secrets are configured (current, and previous if set).
     pub configured_secrets: usize,
-    /// `current` or `previous`: the secret that last worked.
+    /// The secret sent first, once one has worked: `current` or `previous`
+    /// (the environment's) or `notification` (learnt from Amazon).
     pub secret_in_use: Option<&'static str>,
+    /// When the secret in use expires, when known.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub secret_expires_at: Option<OffsetDateTime>,
+    /// The same as seconds from now, by the injected clock (for `/metrics`).
+    #[serde(skip)]
+    pub secret_seconds_left: Option<i64>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub last_worked_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
@@ -158,6 +166,7 @@ impl Summaries {
             *by_health.entry(health.as_str().to_owned()).or_default() += n;
         }
         let hold = self.credentials.state();
+        let in_use = self.credentials.secret_in_use();
         let state = if shared.credentials_rejected_since.is_some() {
             "rejected"
         } else if shared.credentials_last_ok_at.is_some() || hold.last_ok_at.is_some() {
@@ -170,13 +179,21 @@ impl Summaries {
             connections_by_health: by_health,
             app_credentials: AppCredentialsState {
                 configured_secrets: self.credentials.configured_secrets(),
-                secret_in_use: self.credentials.secret_in_use().map(|i| {
-                    if i == 0 {
-                        "current"
-                    } else {
-                        "previous"
-                    }
-                }),
+                secret_in_use: in_use
+                    .as_ref()
+                    .filter(|_| {
+                        shared.credentials_last_ok_at.is_some() || hold.last_ok_at.is_some()
+                    })
+                    .map(|s| match s.source {
+                        SecretSource::Environment => "current",
+                        SecretSource::EnvironmentPrevious => "previous",
+                        SecretSource::Notification => "notification",
+                    }),
+                secret_expires_at: in_use.as_ref().and_then(|s| s.expires_at),
+                secret_seconds_left: in_use
+                    .as_ref()
+                    .and_then(|s| s.expires_at)
+                    .map(|at| (at - self.clock.now()).whole_seconds()),
                 last_worked_at: shared.credentials_last_ok_at.or(hold.last_ok_at),
                 last_rejected_at: shared.credentials_last_rejected_at,
                 state,

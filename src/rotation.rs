@@ -27,6 +27,8 @@ pub enum RotationError {
         column: &'static str,
         reason: CryptoError,
     },
+    #[error("app client secret {secret}: it cannot be re-sealed: {reason}")]
+    UnreadableAppSecret { secret: Uuid, reason: CryptoError },
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
 }
@@ -122,6 +124,9 @@ pub async fn rotate(db: &PgPool, keys: &KeyRing) -> Result<RotationSummary, Rota
         }
         tx.commit().await?;
     }
+    let (rows, values) = rotate_app_secrets(db, keys, &prefix).await?;
+    rows_rewritten += rows;
+    values_resealed += values;
     let remaining = sealed_counts(db)
         .await?
         .into_iter()
@@ -134,6 +139,40 @@ pub async fn rotate(db: &PgPool, keys: &KeyRing) -> Result<RotationSummary, Rota
         values_resealed,
         remaining,
     })
+}
+
+/// The app's client secrets learnt from notifications (a handful of rows).
+async fn rotate_app_secrets(
+    db: &PgPool,
+    keys: &KeyRing,
+    prefix: &[u8],
+) -> Result<(u64, u64), RotationError> {
+    let mut tx = db.begin().await?;
+    let rows: Vec<(Uuid, Vec<u8>)> = sqlx::query_as(
+        "select id, secret_sealed from app_secret
+         where secret_sealed is not null and substring(secret_sealed from 1 for $1) <> $2
+         for update skip locked",
+    )
+    .bind(prefix.len() as i32)
+    .bind(prefix)
+    .fetch_all(&mut *tx)
+    .await?;
+    for (id, sealed) in &rows {
+        let row = id.to_string();
+        let context = crate::broker::app_credentials::seal_context(&row);
+        let unreadable = |reason| RotationError::UnreadableAppSecret {
+            secret: *id,
+            reason,
+        };
+        let plaintext = keys.open(context, sealed).map_err(unreadable)?;
+        sqlx::query("update app_secret set secret_sealed = $2 where id = $1")
+            .bind(id)
+            .bind(keys.seal(context, &plaintext))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok((rows.len() as u64, rows.len() as u64))
 }
 
 /// The envelope's first bytes for the active key: version, id length, id.
@@ -150,6 +189,8 @@ pub async fn sealed_counts(db: &PgPool) -> Result<BTreeMap<String, i64>, sqlx::E
              select refresh_token_sealed as v from connection where refresh_token_sealed is not null
              union all
              select access_token_sealed from connection where access_token_sealed is not null
+             union all
+             select secret_sealed from app_secret where secret_sealed is not null
          ) sealed group by 1",
     )
     .fetch_all(db)

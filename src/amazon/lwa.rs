@@ -63,8 +63,10 @@ pub struct Tokens {
     pub refresh_token: Option<SecretString>,
     /// Seconds, as Amazon said, within 1 ..= [`MAX_TOKEN_LIFETIME`].
     pub expires_in: i64,
-    /// Index in the configured secrets of the one that worked.
-    pub secret_index: usize,
+    /// The client secret that worked (its id in `app_secret`).
+    pub secret_id: uuid::Uuid,
+    /// The secrets refused before it, if any.
+    pub refused_first: Vec<uuid::Uuid>,
 }
 
 impl Tokens {
@@ -165,8 +167,8 @@ impl LwaClient {
         }
     }
 
-    /// One grant, trying each client secret in turn (in the order given, with
-    /// the index each has in the configuration), moving to the next only on
+    /// One grant, trying each client secret in turn (in the order given, each
+    /// with its id), moving to the next only on
     /// `invalid_client`/`unauthorized_client` (client authentication happens
     /// before the grant is looked at, so a code is not spent by a refused
     /// secret). Passing failures are returned at once; retrying is the
@@ -174,13 +176,14 @@ impl LwaClient {
     pub async fn request(
         &self,
         grant: &Grant<'_>,
-        secrets: &[(usize, &SecretString)],
+        secrets: &[(uuid::Uuid, &SecretString)],
         deadline: Instant,
     ) -> Result<Tokens, LwaError> {
         let mut last = LwaError::ClientRejected {
             error: "no client secret configured".into(),
         };
-        for (index, secret) in secrets {
+        let mut refused = Vec::new();
+        for (id, secret) in secrets {
             let left = deadline.saturating_duration_since(Instant::now());
             if left < MIN_ATTEMPT {
                 return Err(LwaError::Unavailable(Passing::Timeout));
@@ -190,15 +193,17 @@ impl LwaClient {
                 .await
             {
                 Ok(mut tokens) => {
-                    tokens.secret_index = *index;
+                    tokens.secret_id = *id;
+                    tokens.refused_first = refused;
                     return Ok(tokens);
                 }
                 Err(e @ LwaError::ClientRejected { .. }) => {
                     tracing::warn!(
                         grant = grant.name(),
-                        secret_index = index,
+                        secret_id = %id,
                         "LWA rejected the app's client secret"
                     );
+                    refused.push(*id);
                     last = e;
                 }
                 Err(e) => return Err(e),
@@ -283,7 +288,8 @@ fn classify(status: reqwest::StatusCode, body: &[u8]) -> Result<Tokens, LwaError
                 .refresh_token
                 .filter(|t| !t.expose_secret().is_empty()),
             expires_in: parsed.expires_in.min(MAX_TOKEN_LIFETIME.whole_seconds()),
-            secret_index: 0,
+            secret_id: uuid::Uuid::nil(),
+            refused_first: Vec::new(),
         });
     }
     let Ok(error) = serde_json::from_slice::<ErrorBody>(body) else {

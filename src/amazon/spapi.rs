@@ -52,6 +52,30 @@ impl SpApi {
     }
 }
 
+impl SpApi {
+    /// The Application Management API's rotation, on the NA endpoint, with a
+    /// grantless token of scope `sellingpartnerapi::client_credential:rotation`.
+    /// Amazon answers 204; the new secret comes later as a notification.
+    pub async fn rotate_client_secret(&self, grantless: &SecretString) -> Result<(), SpApiError> {
+        let endpoint = self.endpoint(Region::Na);
+        let response = self
+            .http
+            .post(format!("{endpoint}/applications/2023-11-30/clientSecret"))
+            .header("x-amz-access-token", grantless.expose_secret())
+            .timeout(std::time::Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|_| SpApiError::Unavailable)?;
+        match response.status().as_u16() {
+            200..=299 => Ok(()),
+            403 => Err(SpApiError::Unauthorized),
+            429 => Err(SpApiError::Throttled),
+            status if status >= 500 => Err(SpApiError::Unavailable),
+            other => Err(SpApiError::Status(other)),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SpApiError {
     #[error("SP-API refused the access token (403)")]

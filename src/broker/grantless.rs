@@ -59,11 +59,13 @@ impl TokenBroker {
         }
         let started_at = self.clock.now();
         let started = Instant::now();
+        let secrets = self.credentials.secrets_in_order();
+        let secrets = secrets.candidates();
         let result = self
             .lwa
             .request(
                 &Grant::ClientCredentials { scope },
-                &self.credentials.secrets_in_order(),
+                &secrets,
                 started + REFRESH_DEADLINE,
             )
             .await;
@@ -75,7 +77,9 @@ impl TokenBroker {
         match result {
             Ok(tokens) => {
                 self.breaker.record_success();
-                self.credentials.worked(tokens.secret_index).await?;
+                self.credentials
+                    .worked(tokens.secret_id, &tokens.refused_first)
+                    .await?;
                 let token = Arc::new(GrantlessToken {
                     expires_at: started_at + tokens.lifetime(),
                     secret: tokens.access_token,
@@ -93,7 +97,8 @@ impl TokenBroker {
             }
             Err(LwaError::ClientRejected { error }) if error == "invalid_client" => {
                 self.breaker.record_success();
-                self.credentials.rejected().await?;
+                let tried: Vec<_> = secrets.iter().map(|(id, _)| *id).collect();
+                self.credentials.rejected(&tried).await?;
                 Err(TokenError::AppCredentialsRejected)
             }
             Err(LwaError::ClientRejected { error } | LwaError::Refused { error, .. }) => {

@@ -15,7 +15,7 @@
 //! Never hands out, logs or returns a refresh token; never returns an expired
 //! access token. Built with exactly its handles; knows nothing of HTTP.
 
-mod app_credentials;
+pub mod app_credentials;
 mod breaker;
 mod cache;
 mod fuse;

@@ -52,7 +52,11 @@ pub async fn settle(
     let latency_ms = attempted.latency_ms;
     match attempted.result {
         Ok(tokens) => {
-            if let Err(e) = broker.credentials.worked(tokens.secret_index).await {
+            if let Err(e) = broker
+                .credentials
+                .worked(tokens.secret_id, &tokens.refused_first)
+                .await
+            {
                 tracing::warn!(error = %e, "could not record that the app's credentials work");
             }
             broker.fuse.note_refresh_worked(broker).await;
@@ -84,7 +88,7 @@ pub async fn settle(
             // connection's row keeps its status and shows no error.
             settling.guard.release().await;
             record_event(broker, id, "app_credentials_rejected", latency_ms).await;
-            broker.credentials.rejected().await?;
+            broker.credentials.rejected(&attempted.tried).await?;
             Ok(Outcome::AppCredentialsRejected)
         }
         Err(error @ (LwaError::Refused { .. } | LwaError::Unavailable(_))) => {

@@ -217,9 +217,10 @@ async fn refresh(
             &refresh_sealed,
         )
         .map_err(Error::from)?;
+    let secrets = broker.credentials.secrets_in_order();
     let attempted = super::retry::refresh_with_retries(
         &broker.lwa,
-        &broker.credentials.secrets_in_order(),
+        &secrets.candidates(),
         &broker.breaker,
         broker.clock.as_ref(),
         &refresh_token,

@@ -23,11 +23,14 @@ pub struct Attempted {
     pub result: Result<Tokens, LwaError>,
     pub started_at: OffsetDateTime,
     pub latency_ms: i32,
+    /// The client secrets it could have sent (all were refused when the
+    /// result is `ClientRejected`).
+    pub tried: Vec<uuid::Uuid>,
 }
 
 pub async fn refresh_with_retries(
     lwa: &LwaClient,
-    secrets: &[(usize, &SecretString)],
+    secrets: &[(uuid::Uuid, &SecretString)],
     breaker: &CircuitBreaker,
     clock: &dyn Clock,
     refresh_token: &SecretString,
@@ -55,6 +58,7 @@ pub async fn refresh_with_retries(
                         result: Err(e),
                         started_at,
                         latency_ms,
+                        tried: secrets.iter().map(|(id, _)| *id).collect(),
                     };
                 }
                 attempt += 1;
@@ -65,6 +69,7 @@ pub async fn refresh_with_retries(
                         result: Err(e),
                         started_at,
                         latency_ms,
+                        tried: secrets.iter().map(|(id, _)| *id).collect(),
                     };
                 }
                 tokio::time::sleep(wait).await;
@@ -76,6 +81,7 @@ pub async fn refresh_with_retries(
                     result: other,
                     started_at,
                     latency_ms,
+                    tried: secrets.iter().map(|(id, _)| *id).collect(),
                 };
             }
         }

@@ -5,6 +5,7 @@
 //! building needs no database; every query is exercised by the test suite.
 
 pub mod api_keys;
+pub mod app_secrets;
 pub mod app_state;
 pub mod audit;
 pub mod connections;

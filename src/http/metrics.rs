@@ -33,6 +33,9 @@ pub async fn metrics_handler(State(summaries): State<Arc<Summaries>>) -> Respons
                 0.0
             };
             metrics::gauge!("sp_broker_app_credentials_rejected").set(rejected);
+            if let Some(left) = summary.app_credentials.secret_seconds_left {
+                metrics::gauge!("sp_broker_app_secret_expiry_seconds").set(left as f64);
+            }
             let fused = if summary.invalid_grant_fuse.tripped {
                 1.0
             } else {

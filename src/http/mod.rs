@@ -154,6 +154,10 @@ pub fn router(state: AppState, sandbox: Option<std::sync::Arc<crate::sandbox::Sa
         .route("/ops", get(pages::ops::ops_page))
         .route("/ops/fuse/clear", post(pages::ops::clear_fuse_post))
         .route(
+            "/ops/app/rotate-secret",
+            post(pages::ops::rotate_secret_post),
+        )
+        .route(
             "/ops/connections/{id}",
             get(pages::ops::ops_connection_page),
         )

@@ -6,6 +6,7 @@
 //! Its own state (codes, grants, access tokens) lives in `sandbox_*` tables,
 //! hashed like every other credential, so a restart does not log sellers out.
 
+pub mod client_secrets;
 pub mod token;
 
 use crate::clock::Clock;
@@ -37,19 +38,30 @@ pub struct Sandbox {
     clock: std::sync::Arc<dyn Clock>,
     app_id: String,
     client_id: String,
+    /// The app's first secrets (seeded into `sandbox_client_secret` once).
     client_secrets: Vec<secrecy::SecretString>,
+    secrets_seeded: tokio::sync::OnceCell<()>,
     redirect_uri: String,
+    /// Where the rotation's notification is delivered (sp-broker itself).
+    credentials: std::sync::Arc<crate::broker::AppCredentials>,
 }
 
 impl Sandbox {
-    pub fn new(db: sqlx::PgPool, clock: std::sync::Arc<dyn Clock>, config: &Config) -> Self {
+    pub fn new(
+        db: sqlx::PgPool,
+        clock: std::sync::Arc<dyn Clock>,
+        config: &Config,
+        credentials: std::sync::Arc<crate::broker::AppCredentials>,
+    ) -> Self {
         Sandbox {
             db,
             clock,
             app_id: config.app_id.clone(),
             client_id: config.lwa_client_id.clone(),
             client_secrets: config.lwa_client_secrets.clone(),
+            secrets_seeded: tokio::sync::OnceCell::new(),
             redirect_uri: config.redirect_uri(),
+            credentials,
         }
     }
 
@@ -77,6 +89,10 @@ pub fn router<S>(sandbox: std::sync::Arc<Sandbox>) -> Router<S> {
             post(restricted_data_token),
         )
         .route("/revoke", post(revoke))
+        .route(
+            "/applications/2023-11-30/clientSecret",
+            post(client_secrets::rotate),
+        )
         .with_state(sandbox)
 }
 

@@ -83,11 +83,19 @@ pub async fn token_endpoint(
             "The request is missing a required parameter : client_id or client_secret",
         );
     };
-    let secret_ok = state
-        .client_secrets
-        .iter()
-        .any(|s| secrets::constant_time_eq(s.expose_secret(), client_secret));
-    if client_id != state.client_id || !secret_ok {
+    if client_id != state.client_id {
+        return lwa_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "Client authentication failed",
+        );
+    }
+    // By hash: no comparison of the secret itself to time.
+    let secret_ok = match state.accepts_secret(client_secret).await {
+        Ok(ok) => ok,
+        Err(_) => return internal(),
+    };
+    if !secret_ok {
         return lwa_error(
             StatusCode::UNAUTHORIZED,
             "invalid_client",

@@ -777,7 +777,7 @@ async fn the_ops_summary_counts_connections_and_refresh_outcomes() {
 }
 
 /// Every route of CONTRACT §3 under `/v1`, as (method, OpenAPI path).
-const V1_ROUTES: [(&str, &str); 11] = [
+const V1_ROUTES: [(&str, &str); 14] = [
     ("get", "/v1/tenants"),
     ("post", "/v1/tenants"),
     ("post", "/v1/tenants/{slug}/login-links"),
@@ -789,6 +789,9 @@ const V1_ROUTES: [(&str, &str); 11] = [
     ("post", "/v1/grantless-token"),
     ("get", "/v1/ops/summary"),
     ("get", "/v1/events"),
+    ("post", "/v1/app/notifications"),
+    ("get", "/v1/app/status"),
+    ("post", "/v1/app/rotate-secret"),
 ];
 
 #[tokio::test]

@@ -38,6 +38,8 @@ async fn fixture(mock: &MockServer) -> Fixture {
     let credentials = Arc::new(AppCredentials::new(
         db.pool.clone(),
         Arc::clone(&clock_handle),
+        Arc::clone(&keys),
+        "amzn1.application-oa2-client.unit".to_owned(),
         vec![SecretString::from("unit-secret".to_owned())],
     ));
     let broker = TokenBroker::new(BrokerHandles {

@@ -99,3 +99,36 @@ async fn rotation_interrupted_and_rerun_loses_nothing() {
         .unwrap();
     assert_eq!((again.rows_rewritten, again.remaining), (0, 0));
 }
+
+#[tokio::test]
+async fn a_client_secret_from_a_notification_is_resealed_and_opens_under_the_new_key_alone() {
+    let app = TestApp::spawn().await;
+    let admin = app.api_key(None, &["tenants:admin"]).await;
+    let now = app.now();
+    let notification = crate::app_secrets::new_secret_notification(
+        &app.services.config.lwa_client_id,
+        "amzn1.oa2-cs.v1.to-be-resealed",
+        "n-reseal",
+        now + time::Duration::days(180),
+        now + time::Duration::days(7),
+    );
+    let stored =
+        crate::token_support::post(&app, "/v1/app/notifications", &admin, notification).await;
+    assert_eq!(stored.status, 200, "{}", stored.text);
+    let summary = sp_broker::rotation::rotate(&app.pool, &ring(&format!("{NEW_KEY},{TEST_KEY}")))
+        .await
+        .unwrap();
+    assert_eq!((summary.values_resealed, summary.remaining), (1, 0));
+    let counts = sp_broker::rotation::sealed_counts(&app.pool).await.unwrap();
+    assert_eq!(counts.get("new-key-2").copied(), Some(1), "{counts:?}");
+    // A broker holding only the new key opens it and sends it first.
+    let renewed =
+        TestApp::spawn_on(app.db.clone(), |s| s.encryption_keys = Some(NEW_KEY.into())).await;
+    renewed.services.credentials.reload().await.unwrap();
+    let shown = sp_broker::app_secrets::status(&renewed.services.credentials);
+    let in_use = shown.secrets.iter().find(|s| s.in_use).unwrap();
+    assert_eq!(
+        in_use.source,
+        sp_broker::broker::app_credentials::SecretSource::Notification
+    );
+}

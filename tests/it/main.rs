@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod api_routes;
+mod app_secrets;
 mod authorization_flow;
 mod broker;
 mod browser;

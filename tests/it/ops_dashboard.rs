@@ -108,7 +108,7 @@ async fn dashboard_lists_a_revoked_connection_for_operators_only() {
 }
 
 /// A browser signed in as an operator.
-async fn operator(app: &TestApp) -> reqwest::Client {
+pub async fn operator(app: &TestApp) -> reqwest::Client {
     let link = app
         .services
         .login_links

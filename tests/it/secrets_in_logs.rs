@@ -867,3 +867,145 @@ async fn record(answers: &mut Vec<String>, request: reqwest::RequestBuilder) -> 
     answers.push(format!("{headers}\n{body}"));
     status
 }
+
+#[tokio::test]
+async fn a_client_secret_from_a_notification_is_in_no_log_line_answer_or_dump() {
+    let logs = capture_logs();
+    notified_secret_flow(logs)
+        .with_subscriber(tracing::subscriber::NoSubscriber::default())
+        .await;
+}
+
+/// A canary secret arrives by notification (twice, and malformed), is used
+/// for refreshes, shown by `app status` and the dashboard, and re-sealed by
+/// `keys rotate`: at `trace`, with a `pg_dump` at the end.
+async fn notified_secret_flow(logs: Arc<Mutex<Vec<u8>>>) {
+    const NOTIFIED: &str = "amzn1.oa2-cs.v1.CANARY-NOTIFIED-SECRET-6f2b9d";
+    let mock = wiremock::MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/auth/o2/token"))
+        .and(body_string_contains("grant_type=refresh_token"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "access_token": ACCESS, "refresh_token": REFRESH,
+            "token_type": "bearer", "expires_in": 3600,
+        })))
+        .mount(&mock)
+        .await;
+    let url = format!("{}/auth/o2/token", mock.uri());
+    let app = TestApp::spawn_with(|s| {
+        s.lwa_token_url = Some(url);
+        s.lwa_client_secret = Some(CLIENT_SECRET.into());
+        s.log = "trace".into();
+    })
+    .await;
+    let id = app
+        .seed_connection(
+            "acme",
+            "A1NOTIFIED",
+            REFRESH,
+            "Atza|seeded",
+            time::Duration::seconds(100),
+        )
+        .await;
+    let admin = app.api_key(None, &["tenants:admin"]).await;
+    let key = app.api_key(Some("acme"), &[]).await;
+    let client = reqwest::Client::new();
+    let now = app.now();
+    let notification = crate::app_secrets::new_secret_notification(
+        &app.services.config.lwa_client_id,
+        NOTIFIED,
+        "n-canary",
+        now + time::Duration::days(180),
+        now + time::Duration::days(7),
+    );
+    let mut answers = Vec::new();
+    let notify = |body: String| {
+        client
+            .post(app.url("/v1/app/notifications"))
+            .bearer_auth(&admin)
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    assert_eq!(
+        record(&mut answers, notify(notification.to_string())).await,
+        200
+    );
+    assert_eq!(
+        record(&mut answers, notify(notification.to_string())).await,
+        200
+    );
+    let mut other = notification.clone();
+    other["payload"]["applicationOAuthClientNewSecret"]["clientId"] = json!("someone-else");
+    assert_eq!(record(&mut answers, notify(other.to_string())).await, 422);
+    let cut = notification.to_string();
+    assert_eq!(
+        record(&mut answers, notify(cut[..cut.len() - 9].to_owned())).await,
+        422
+    );
+    assert_eq!(
+        record(
+            &mut answers,
+            client
+                .post(app.url(&format!("/v1/connections/{id}/access-token")))
+                .bearer_auth(&key)
+                .json(&json!({}))
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        record(
+            &mut answers,
+            client.get(app.url("/v1/app/status")).bearer_auth(&admin)
+        )
+        .await,
+        200
+    );
+    assert!(answers.last().unwrap().contains("\"notification\""));
+    let ops = crate::ops_dashboard::operator(&app).await;
+    assert_eq!(record(&mut answers, ops.get(app.url("/ops"))).await, 200);
+    assert_eq!(
+        record(&mut answers, client.get(app.url("/metrics"))).await,
+        200
+    );
+    // The notified secret was sent to Amazon, so it was really used.
+    let sent = mock.received_requests().await.unwrap();
+    assert!(sent
+        .iter()
+        .any(|r| String::from_utf8_lossy(&r.body).contains("CANARY-NOTIFIED-SECRET")));
+
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let log = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    assert!(
+        log.contains("/v1/app/notifications"),
+        "the requests were logged"
+    );
+    assert_absent(&log, NOTIFIED, "the notified client secret", "the log");
+    assert_absent(
+        &log,
+        CLIENT_SECRET,
+        "the environment's client secret",
+        "the log",
+    );
+    for answer in &answers {
+        assert_absent(answer, NOTIFIED, "the notified client secret", "an answer");
+        assert_absent(answer, CLIENT_SECRET, "the client secret", "an answer");
+    }
+    let dump = app.database_dump().await;
+    assert_absent(
+        &dump,
+        NOTIFIED,
+        "the notified client secret",
+        "the database",
+    );
+    if let Some(pg_dump) = pg_dump(&app).await {
+        assert!(pg_dump.contains("secret_sealed"), "a real dump");
+        assert_absent(&pg_dump, NOTIFIED, "the notified client secret", "pg_dump");
+        assert_absent(
+            &pg_dump,
+            &bytea_hex(NOTIFIED),
+            "the notified client secret (hex)",
+            "pg_dump",
+        );
+    }
+}

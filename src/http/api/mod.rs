@@ -2,6 +2,7 @@
 //! Errors are RFC 9457 problem details with a machine-readable `code`; nothing
 //! in an answer ever echoes a secret. Handlers are thin: parse, call, answer.
 
+pub mod app;
 pub mod connections;
 pub mod events;
 pub mod openapi;
@@ -315,6 +316,9 @@ pub fn router() -> Router<AppState> {
         )
         .route("/v1/grantless-token", post(tokens::grantless_token))
         .route("/v1/ops/summary", get(ops::summary))
+        .route("/v1/app/notifications", post(app::notifications))
+        .route("/v1/app/status", get(app::status))
+        .route("/v1/app/rotate-secret", post(app::rotate_secret))
         .route("/v1/events", get(events::list_events))
         .route("/openapi.json", get(openapi::openapi_json))
         .route("/v1/{*rest}", axum::routing::any(api_not_found))

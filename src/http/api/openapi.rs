@@ -2,7 +2,7 @@
 //! annotations (utoipa), so it cannot drift from the code.
 
 use super::connections::{ConnectionJson, LastError};
-use super::{connections, events, ops, tenants, tokens};
+use super::{app, connections, events, ops, tenants, tokens};
 use crate::domain::Health;
 use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -46,6 +46,7 @@ impl Modify for ApiKeyAuth {
         connections::list_connections, connections::get_connection, connections::delete_connection,
         tokens::access_token, tokens::restricted_data_token, tokens::grantless_token,
         ops::summary, events::list_events,
+        app::notifications, app::status, app::rotate_secret,
         crate::http::lwa_compat::token,
     ),
     components(schemas(ConnectionJson, Health, LastError)),

@@ -67,6 +67,18 @@ pub struct Attention {
     since: String,
 }
 
+/// One client secret on the dashboard (never its value).
+pub struct SecretLine {
+    id: String,
+    source: &'static str,
+    created: String,
+    expires: String,
+    days_left: String,
+    last_worked: String,
+    last_rejected: String,
+    in_use: bool,
+}
+
 #[derive(Template)]
 #[template(path = "ops.html")]
 struct OpsPage {
@@ -77,6 +89,10 @@ struct OpsPage {
     app_state: &'static str,
     app_message: &'static str,
     configured_secrets: usize,
+    secrets: Vec<SecretLine>,
+    /// When the secret in use expires within 30 days.
+    secret_banner: Option<String>,
+    secret_days_left: i64,
     last_worked: String,
     last_rejected: String,
     refresh_windows: Vec<RefreshWindow>,
@@ -375,9 +391,43 @@ pub async fn ops_page(
         "ok" => ("ok", "Amazon accepted the app's client secret the last time it was used."),
         _ => ("unknown", "No call with the app's client secret has been made yet."),
     };
+    let app = crate::app_secrets::status(state.broker.credentials());
+    let days_left = |at: Option<time::OffsetDateTime>| at.map(|at| (at - now).whole_days());
+    let in_use_days = app
+        .secrets
+        .iter()
+        .find(|s| s.in_use)
+        .and_then(|s| days_left(s.expires_at));
+    let secret_banner = in_use_days.filter(|days| *days < 30).map(|days| {
+        format!(
+            "The app's client secret in use expires in {days} day{}: rotate it now (the button below, or `sp-broker app rotate-secret`). Amazon refuses an expired secret, and then every seller's refresh fails at once.",
+            if days == 1 { "" } else { "s" }
+        )
+    });
+    let secrets = app
+        .secrets
+        .iter()
+        .map(|s| SecretLine {
+            id: s.id.to_string(),
+            source: s.source.as_str(),
+            created: human_time(Some(s.created_at)),
+            expires: human_time(s.expires_at),
+            days_left: match days_left(s.expires_at) {
+                Some(days) if days < 0 => "expired".to_owned(),
+                Some(days) => days.to_string(),
+                None => "—".to_owned(),
+            },
+            last_worked: human_time(s.last_worked_at),
+            last_rejected: human_time(s.last_rejected_at),
+            in_use: s.in_use,
+        })
+        .collect();
     render(&OpsPage {
         operator: auth.user_id.clone(),
         generated_at: human_time(Some(now)),
+        secrets,
+        secret_banner,
+        secret_days_left: in_use_days.unwrap_or(i64::MAX),
         by_status: summary.connections_by_status.into_iter().collect(),
         by_health: summary.connections_by_health.into_iter().collect(),
         app_state,
@@ -442,6 +492,34 @@ pub async fn clear_fuse_post(
         .summaries
         .clear_fuse(&format!("operator:{}", auth.user_id))
         .await?;
+    Ok(axum::response::IntoResponse::into_response(Redirect::to(
+        "/ops",
+    )))
+}
+
+/// `POST /ops/app/rotate-secret`: asks Amazon for a new client secret.
+pub async fn rotate_secret_post(
+    State(state): State<AppState>,
+    session: Session,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Result<Response, PageError> {
+    let auth = operator(&state, &session).await?;
+    check_origin(&state, &headers)?;
+    if !crate::secrets::constant_time_eq(&form.csrf_token, &auth.csrf_token) {
+        return Err(PageError::forbidden());
+    }
+    let actor = format!("operator:{}", auth.user_id);
+    let caller = crate::api_keys::ApiPrincipal::operator(&actor);
+    crate::app_secrets::request_rotation(&state.broker, &state.spapi, &caller, &actor)
+        .await
+        .map_err(|e| {
+            PageError::new(
+                StatusCode::BAD_GATEWAY,
+                "The rotation was not requested",
+                format!("Nothing changed: {e}. The secrets in use keep working; try again, or run `sp-broker app rotate-secret`."),
+            )
+        })?;
     Ok(axum::response::IntoResponse::into_response(Redirect::to(
         "/ops",
     )))
