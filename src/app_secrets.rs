@@ -209,7 +209,10 @@ async fn store_new_secret(
     let sealed = credentials
         .keys()
         .seal_str(seal_context(&row), &new.new_client_secret);
-    app_secrets::insert_notified(&mut tx, id, &print, &sealed, now, new_expiry).await?;
+    if !app_secrets::insert_notified(&mut tx, id, &print, &sealed, now, new_expiry).await? {
+        return Ok(Received::AlreadyKnown);
+    }
+    crate::db::app_state::lift_hold(&mut *tx, now).await?;
     if let (Some(replaced), Some(old_expiry)) = (replaced, old_expiry) {
         app_secrets::set_expiry(&mut tx, replaced, old_expiry, Some("ROTATED")).await?;
     }
@@ -395,11 +398,15 @@ pub async fn request_rotation(
         .await?;
     match spapi.rotate_client_secret(&token.secret).await {
         Ok(()) => {}
-        Err(SpApiError::Unavailable) => return Err(RotationRequestError::Unavailable),
+        Err(SpApiError::Unavailable | SpApiError::Throttled) => {
+            return Err(RotationRequestError::Unavailable)
+        }
         Err(refused) => return Err(RotationRequestError::Refused(refused)),
     }
+    // Amazon has rotated: a failed audit write must not read as "nothing
+    // changed" (a second request would rotate again).
     let credentials = broker.credentials();
-    audit::record(
+    if let Err(e) = audit::record(
         credentials.db(),
         credentials.now(),
         actor,
@@ -407,7 +414,10 @@ pub async fn request_rotation(
         AuditTarget::default(),
         json!({}),
     )
-    .await?;
+    .await
+    {
+        tracing::error!(error = %e, "the rotation was requested but its audit entry could not be written");
+    }
     tracing::warn!(%actor, "client-secret rotation requested: Amazon sends the new secret as a notification");
     Ok(())
 }

@@ -150,18 +150,17 @@ impl OrderedSecrets {
     }
 }
 
-/// The order secrets are tried in: leaving out expired ones (unless nothing
-/// else is left: Amazon is the judge then), those not refused since they
-/// last worked first, newest first (the one learnt last, the environment's
-/// current before its previous one).
+/// The order secrets are tried in: unexpired before expired (an expired one
+/// is tried only once every unexpired one was refused: Amazon is the judge,
+/// and a wrong recorded expiry must not cut the app off), those not refused
+/// since they last worked before refused ones, newest first (the one learnt
+/// last, the environment's current before its previous one).
 fn ordered(list: Arc<Vec<KnownSecret>>, now: OffsetDateTime) -> OrderedSecrets {
-    let mut order: Vec<usize> = (0..list.len()).filter(|&i| !list[i].expired(now)).collect();
-    if order.is_empty() {
-        order = (0..list.len()).collect();
-    }
+    let mut order: Vec<usize> = (0..list.len()).collect();
     order.sort_by_key(|&i| {
         let secret = &list[i];
         (
+            secret.expired(now),
             secret.known_rejected(),
             std::cmp::Reverse(secret.created_at),
             secret.source == SecretSource::EnvironmentPrevious,
@@ -324,6 +323,13 @@ impl AppCredentials {
         let mut tx = self.db.begin().await?;
         let before = app_state::lock(&mut tx).await?;
         app_secrets::record_rejected(&mut *tx, tried, now).await?;
+        if app_secrets::untried_notified_secret(&mut *tx, tried, now).await? {
+            // A secret stored since this call took its list: no hold, the
+            // next call sends it.
+            tx.commit().await?;
+            self.reload().await?;
+            return Ok(());
+        }
         let row = app_state::record_credentials_rejected(
             &mut *tx,
             now,
@@ -362,13 +368,16 @@ impl AppCredentials {
         let unix = now.unix_timestamp();
         let known = self.secrets.load();
         let was_known_rejected = known.iter().any(|s| s.id == secret && s.known_rejected());
+        let first_success = known
+            .iter()
+            .any(|s| s.id == secret && s.last_worked_at.is_none());
         let newly_refused: Vec<Uuid> = known
             .iter()
             .filter(|s| refused_first.contains(&s.id) && !s.known_rejected())
             .map(|s| s.id)
             .collect();
         drop(known);
-        let order_changed = was_known_rejected || !newly_refused.is_empty();
+        let order_changed = was_known_rejected || first_success || !newly_refused.is_empty();
         let was_rejected = self.state().is_rejected();
         let last = self.last_ok_written.load(Ordering::Relaxed);
         if !was_rejected && !order_changed && unix.saturating_sub(last) < OK_WRITE_EVERY_SECONDS {
@@ -565,12 +574,14 @@ mod tests {
     }
 
     #[test]
-    fn an_expired_secret_is_left_out_unless_nothing_else_is_left() {
+    fn an_expired_secret_is_tried_only_after_every_unexpired_one() {
         let now = datetime!(2026-12-03 00:00 UTC);
-        let mut old = secret("old", SecretSource::Environment, now - Duration::days(9));
+        let mut old = secret("old", SecretSource::Notification, now - Duration::days(1));
         old.expires_at = Some(now - Duration::seconds(1));
-        let new = secret("new", SecretSource::Notification, now - Duration::days(8));
-        assert_eq!(values(vec![old.clone(), new], now), ["new"]);
+        let mut new = secret("new", SecretSource::Notification, now - Duration::days(8));
+        assert_eq!(values(vec![old.clone(), new.clone()], now), ["new", "old"]);
+        new.last_rejected_at = Some(now);
+        assert_eq!(values(vec![old.clone(), new], now), ["new", "old"]);
         assert_eq!(values(vec![old], now), ["old"]);
     }
 }

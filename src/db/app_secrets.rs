@@ -33,7 +33,8 @@ pub async fn register_environment(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "insert into app_secret (id, fingerprint, source, created_at) values ($1, $2, $3, $4)
-         on conflict (fingerprint) do nothing",
+         on conflict (fingerprint) do update set source = excluded.source
+         where app_secret.source <> 'notification' and app_secret.source <> excluded.source",
     )
     .bind(Uuid::new_v4())
     .bind(fingerprint)
@@ -61,7 +62,8 @@ pub async fn exists(db: impl PgExecutor<'_>, fingerprint: &[u8]) -> Result<bool,
         .await
 }
 
-/// A secret from a notification, sealed by the caller for row `id`.
+/// A secret from a notification, sealed by the caller for row `id`; false
+/// when the same value is stored already (a concurrent delivery).
 #[tracing::instrument(skip_all)]
 pub async fn insert_notified(
     db: &mut PgConnection,
@@ -70,10 +72,11 @@ pub async fn insert_notified(
     sealed: &[u8],
     now: OffsetDateTime,
     expires_at: Option<OffsetDateTime>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query(
         "insert into app_secret (id, fingerprint, source, secret_sealed, created_at, expires_at)
-         values ($1, $2, 'notification', $3, $4, $5)",
+         values ($1, $2, 'notification', $3, $4, $5)
+         on conflict (fingerprint) do nothing",
     )
     .bind(id)
     .bind(fingerprint)
@@ -81,10 +84,32 @@ pub async fn insert_notified(
     .bind(now)
     .bind(expires_at)
     .execute(db)
-    .await?;
-    Ok(())
+    .await?
+    .rows_affected()
+        == 1)
 }
 
+/// A stored secret from a notification that is not among `tried`, not
+/// expired and not refused since it last worked.
+#[tracing::instrument(skip_all)]
+pub async fn untried_notified_secret(
+    db: impl PgExecutor<'_>,
+    tried: &[Uuid],
+    now: OffsetDateTime,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "select exists (select 1 from app_secret
+             where source = 'notification' and id <> all($1)
+               and (expires_at is null or expires_at > $2)
+               and (last_rejected_at is null or last_rejected_at < last_worked_at))",
+    )
+    .bind(tried)
+    .bind(now)
+    .fetch_one(db)
+    .await
+}
+
+/// Never lengthens a recorded expiry (an older notification arriving late).
 #[tracing::instrument(skip_all)]
 pub async fn set_expiry(
     db: &mut PgConnection,
@@ -96,7 +121,7 @@ pub async fn set_expiry(
         "update app_secret set expires_at = $2, expiry_reason = coalesce($3, expiry_reason),
              warned_30_days_at = case when expires_at is distinct from $2 then null else warned_30_days_at end,
              warned_7_days_at = case when expires_at is distinct from $2 then null else warned_7_days_at end
-         where id = $1",
+         where id = $1 and (expires_at is null or expires_at >= $2)",
     )
     .bind(id)
     .bind(expires_at)

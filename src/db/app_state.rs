@@ -79,6 +79,21 @@ pub async fn record_credentials_ok(
     Ok(rejected_since.flatten())
 }
 
+/// A new secret was stored: a hold ends now (the next call is the probe,
+/// with the new secret first); `rejected_since` stays until one works.
+#[tracing::instrument(skip_all)]
+pub async fn lift_hold(db: impl PgExecutor<'_>, now: OffsetDateTime) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "update app_state set credentials_hold_until = least(credentials_hold_until, $1),
+             credentials_probe_until = null
+         where id = 1 and credentials_rejected_since is not null",
+    )
+    .bind(now)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
 /// The hold has lapsed: lets exactly one caller, on any instance, probe
 /// Amazon (until `probe_until`, when another may). True for the winner.
 #[tracing::instrument(skip_all)]

@@ -64,6 +64,7 @@ fn sdk_python() -> Option<PathBuf> {
             "--quiet",
             "--disable-pip-version-check",
             AMZN_SP_API,
+            PYTHON_AMAZON_SP_API,
         ])
         .status();
     if !pip.is_ok_and(|s| s.success()) || !installed(&python) {
