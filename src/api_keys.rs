@@ -219,6 +219,10 @@ pub struct ApiKeys {
     entries: DashMap<String, CachedKey, foldhash::fast::RandomState>,
     /// Bumped by every forget: see [`ApiKeys::verify`].
     forgotten: AtomicU64,
+    /// Failed authentication per client address (shared with login links).
+    throttle: Arc<crate::throttle::FailedAuthThrottle>,
+    /// Key ids refused a moment ago: refused again without a query.
+    refused: crate::throttle::RefusedKeyIds,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -235,6 +239,9 @@ pub const MAX_NAME_CHARS: usize = 200;
 pub enum AuthError {
     #[error("missing, unknown or revoked API key")]
     Unauthenticated,
+    /// Too many failures from this client address (CONTRACT §10).
+    #[error("too many failed authentications from this address")]
+    Throttled { retry_after_seconds: u64 },
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
 }
@@ -256,25 +263,78 @@ impl ApiKeys {
             clock,
             entries: DashMap::default(),
             forgotten: AtomicU64::new(0),
+            throttle: Arc::default(),
+            refused: crate::throttle::RefusedKeyIds::default(),
         }
     }
 
-    /// Verifies a presented key. Memory only on a recent cache hit.
+    /// The failed-authentication throttle, shared with the login links.
+    pub fn throttle(&self) -> &Arc<crate::throttle::FailedAuthThrottle> {
+        &self.throttle
+    }
+
+    /// Verifies a presented key, with no client address to throttle.
     pub async fn verify(&self, presented: &str) -> Result<Arc<ApiPrincipal>, AuthError> {
-        let (public_id, secret) = split_key(presented).ok_or(AuthError::Unauthenticated)?;
-        let presented_hash = secrets::sha256(secret);
-        if let Some(verified) = self.verify_cached(public_id, &presented_hash) {
-            return verified;
+        self.verify_from(presented, None).await
+    }
+
+    /// Verifies a presented key from `client`. Memory only on a recent cache
+    /// hit, which is served even while `client` is throttled; otherwise a
+    /// throttled client gets [`AuthError::Throttled`] and a key id refused a
+    /// moment ago is refused again, both without a query. Every failure
+    /// counts toward `client`'s throttle.
+    pub async fn verify_from(
+        &self,
+        presented: &str,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<Arc<ApiPrincipal>, AuthError> {
+        let parsed = split_key(presented).map(|(id, secret)| (id, secrets::sha256(secret)));
+        let cached = parsed
+            .as_ref()
+            .and_then(|(id, hash)| self.verify_cached(id, hash));
+        if let Some(Ok(principal)) = cached {
+            return Ok(principal);
         }
+        if let Some(client) = client {
+            if let Err(retry) = self.throttle.check(client) {
+                crate::metrics::auth_failure("throttled");
+                return Err(AuthError::Throttled {
+                    retry_after_seconds: retry.as_secs().max(1),
+                });
+            }
+        }
+        let verified = match (parsed, cached) {
+            (Some((public_id, hash)), None) if !self.refused.contains(public_id) => {
+                self.verify_stored(public_id, &hash).await
+            }
+            _ => Err(AuthError::Unauthenticated),
+        };
+        if let Err(AuthError::Unauthenticated) = &verified {
+            crate::metrics::auth_failure("refused");
+            if let Some(client) = client {
+                self.throttle.failed(client);
+            }
+        }
+        verified
+    }
+
+    /// The key looked up in PostgreSQL, then cached.
+    async fn verify_stored(
+        &self,
+        public_id: &str,
+        presented_hash: &[u8],
+    ) -> Result<Arc<ApiPrincipal>, AuthError> {
         // Forgetting bumps the epoch: an entry read before a revocation that
         // landed meanwhile is not cached.
         let epoch = self.forgotten.load(Ordering::Acquire);
+        crate::metrics::api_key_lookup();
         let Some(row) = api_keys::find_active_by_public_id(&self.db, public_id).await? else {
             self.forget(public_id);
+            self.refused.insert(public_id);
             return Err(AuthError::Unauthenticated);
         };
         use subtle::ConstantTimeEq;
-        if !bool::from(row.secret_hash.as_slice().ct_eq(&presented_hash)) {
+        if !bool::from(row.secret_hash.as_slice().ct_eq(presented_hash)) {
             return Err(AuthError::Unauthenticated);
         }
         // A re-read keeps the key's Amazon-call budget and last write time.

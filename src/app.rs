@@ -209,7 +209,10 @@ pub async fn prepare(config: Config) -> Result<Services, StartError> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     db::key_checks::verify_key_ring(&pool, &keys, clock.now()).await?;
     authorization::check_database_serves(&pool, config.mode, &config.lwa_client_id).await?;
-    Services::build(config, pool, keys, clock)
+    let services = Services::build(config, pool, keys, clock)?;
+    // Every command (`sweep` too) sends the stored secrets and honours the hold.
+    services.broker.app_state_changed().await?;
+    Ok(services)
 }
 
 /// Serves until `shutdown` resolves, then marks the instance not ready,
@@ -237,13 +240,17 @@ pub async fn serve(
     let sweep_task = tokio::spawn(Arc::clone(&services.sweep).run(stop_rx.clone()));
     let jobs_task = tokio::spawn(services.jobs().run(stop_rx));
     let router = services.router();
-    let served = axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
+    let served = crate::http::listener::serve(
+        listener,
+        router,
+        crate::http::listener::Limits::for_this_process(),
+        async move {
             shutdown.await;
             flag.store(true, Ordering::Relaxed);
             tracing::info!("shutdown signal received: draining in-flight requests");
-        })
-        .await;
+        },
+    )
+    .await;
     let _ = stop_tx.send(true);
     // Jobs stop at a batch boundary and flush what they hold.
     let _ = jobs_task.await;

@@ -83,6 +83,9 @@ pub struct Settings {
     /// Comma-separated `whsec_…` signing secrets; the first is the newest.
     #[arg(long, env = "SP_BROKER_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
+    /// Comma-separated CIDRs whose `X-Forwarded-For` is believed for the client address.
+    #[arg(long, env = "SP_BROKER_TRUSTED_PROXIES")]
+    pub trusted_proxies: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +142,8 @@ pub struct Config {
     /// Webhook delivery, when a URL is configured.
     pub webhooks: Option<WebhookConfig>,
     pub sweep: SweepConfig,
+    /// Proxies whose `X-Forwarded-For` names the client (CONTRACT §10).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// The health sweep's settings (CONTRACT §5).
@@ -211,6 +216,27 @@ pub struct WebhookConfig {
     pub url: Url,
     /// `whsec_…`, each signing every delivery (more than one during a rotation).
     pub secrets: Vec<SecretString>,
+}
+
+/// `SP_BROKER_TRUSTED_PROXIES`: comma-separated CIDRs (a bare address is one host).
+fn parse_trusted_proxies(raw: Option<&str>) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    let Some(raw) = raw.map(str::trim).filter(|r| !r.is_empty()) else {
+        return Ok(Vec::new());
+    };
+    raw.split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            part.parse::<ipnet::IpNet>()
+                .or_else(|_| part.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    bad(
+                        "SP_BROKER_TRUSTED_PROXIES",
+                        format!("`{part}` is not a CIDR (e.g. 10.0.0.0/8) or an IP address"),
+                    )
+                })
+        })
+        .collect()
 }
 
 /// A webhook signing secret: `whsec_` and the base64 of 24 to 64 random bytes.
@@ -480,6 +506,7 @@ impl Config {
             log_json,
             webhooks,
             sweep,
+            trusted_proxies: parse_trusted_proxies(settings.trusted_proxies.as_deref())?,
         })
     }
 

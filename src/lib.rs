@@ -32,4 +32,5 @@ pub mod sandbox;
 pub mod secrets;
 pub mod sweep;
 pub mod tenants;
+pub mod throttle;
 pub mod webhooks;

@@ -62,6 +62,16 @@ pub fn lwa_compatible(grant: &'static str, outcome: &'static str) {
         .increment(1);
 }
 
+/// An API key looked up in PostgreSQL (not served from memory).
+pub fn api_key_lookup() {
+    metrics::counter!("sp_broker_api_key_lookups_total").increment(1);
+}
+
+/// A failed authentication: `refused` (401) or `throttled` (429, no query).
+pub fn auth_failure(outcome: &'static str) {
+    metrics::counter!("sp_broker_auth_failures_total", "outcome" => outcome).increment(1);
+}
+
 pub fn token_refused(code: &'static str) {
     metrics::counter!("sp_broker_access_token_errors_total", "code" => code).increment(1);
 }

@@ -48,7 +48,11 @@ pub struct LwaError {
 }
 
 impl LwaError {
-    fn new(status: StatusCode, error: &'static str, description: impl Into<String>) -> Self {
+    pub(crate) fn new(
+        status: StatusCode,
+        error: &'static str,
+        description: impl Into<String>,
+    ) -> Self {
         LwaError {
             status,
             error,
@@ -87,6 +91,11 @@ impl LwaError {
             "invalid_grant",
             "No usable connection with this id for this API key: it does not exist, needs reauthorization or was disconnected. The seller can reconnect in Settings → Connections.",
         )
+    }
+
+    pub(crate) fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after_seconds = Some(seconds.max(1));
+        self
     }
 
     fn unavailable(description: &str, retry_after_seconds: u64) -> Self {
@@ -303,7 +312,11 @@ pub struct LwaErrorAnswer {
         (status = 500, body = LwaErrorAnswer, description = "server_error"),
         (status = 503, body = LwaErrorAnswer, description = "temporarily_unavailable")),
     security((), ("lwa_basic" = [])))]
-pub async fn token(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+pub async fn token(State(state): State<AppState>, request: axum::extract::Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
+    let client =
+        crate::http::client_address(&headers, &parts.extensions, &state.config.trusted_proxies);
     use axum::response::IntoResponse;
     let grant_label = |form: Option<&LwaForm>| match form.and_then(|f| f.grant_type.as_deref()) {
         Some("refresh_token") => "refresh_token",
@@ -329,7 +342,7 @@ pub async fn token(State(state): State<AppState>, headers: HeaderMap, body: Body
     );
     let grant = grant_label(form.as_ref().ok());
     let answer = match form {
-        Ok(form) => answer(&state, &headers, form).await,
+        Ok(form) => answer(&state, &headers, client, form).await,
         Err(error) => Err(error),
     };
     match answer {
@@ -347,6 +360,7 @@ pub async fn token(State(state): State<AppState>, headers: HeaderMap, body: Body
 async fn answer(
     state: &AppState,
     headers: &HeaderMap,
+    client: Option<std::net::IpAddr>,
     form: LwaForm,
 ) -> Result<Response, LwaError> {
     let grant_type = form
@@ -361,8 +375,18 @@ async fn answer(
         ));
     }
     let secret = presented_secret(headers, &form)?;
-    let principal = match state.api_keys.verify(&secret).await {
+    let principal = match state.api_keys.verify_from(&secret, client).await {
         Ok(principal) => principal,
+        Err(AuthError::Throttled {
+            retry_after_seconds,
+        }) => {
+            return Err(LwaError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "Too many failed authentications from this address; wait and try again.",
+            )
+            .retry_after(retry_after_seconds))
+        }
         Err(AuthError::Unauthenticated) => {
             tracing::info!("LWA-compatible request refused: missing, unknown or revoked key");
             let mut error = LwaError::invalid_client();

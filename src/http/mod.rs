@@ -3,10 +3,12 @@
 //! or an `Authorization` header), health and readiness.
 
 pub mod api;
+pub mod listener;
 pub mod lwa_compat;
 pub mod metrics;
 pub mod oauth;
 pub mod pages;
+mod rejections;
 mod state;
 
 pub use state::AppState;
@@ -136,6 +138,8 @@ pub fn router(state: AppState, sandbox: Option<std::sync::Arc<crate::sandbox::Sa
 
     let browser = Router::new()
         .route("/login/{token}", get(pages::login))
+        .route("/logout", post(pages::logout))
+        .route("/signed-out", get(pages::signed_out))
         .route(
             "/settings/connections",
             get(pages::connections::connections_page),
@@ -176,10 +180,107 @@ pub fn router(state: AppState, sandbox: Option<std::sync::Arc<crate::sandbox::Sa
     }
     router
         .fallback(pages::not_found)
+        // Forms and every other extractor; the API's and the LWA endpoint's
+        // own readers keep the same limit.
+        .layer(axum::extract::DefaultBodyLimit::max(api::MAX_BODY_BYTES))
+        .layer(middleware::from_fn(rejections::render_rejections))
         .layer(middleware::from_fn(log_requests))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             security_headers,
         ))
         .with_state(state)
+}
+
+/// The client's address as a handler extracts it (see [`client_address`]).
+pub struct ClientAddress(pub Option<std::net::IpAddr>);
+
+impl axum::extract::FromRequestParts<AppState> for ClientAddress {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddress(client_address(
+            &parts.headers,
+            &parts.extensions,
+            &state.config.trusted_proxies,
+        )))
+    }
+}
+
+/// The client's address (CONTRACT §10): the socket's peer, or, when the
+/// peer is one of `SP_BROKER_TRUSTED_PROXIES`, the nearest address in
+/// `X-Forwarded-For` that is not a trusted proxy itself. `None` only when
+/// the request did not come through the listener (unit tests).
+pub fn client_address(
+    headers: &axum::http::HeaderMap,
+    extensions: &axum::http::Extensions,
+    trusted: &[ipnet::IpNet],
+) -> Option<std::net::IpAddr> {
+    let peer = extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()?
+        .0
+        .ip();
+    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return Some(peer);
+    }
+    let mut client = peer;
+    for value in headers.get_all("x-forwarded-for").iter().rev() {
+        let Ok(value) = value.to_str() else {
+            return Some(client);
+        };
+        for hop in value.rsplit(',') {
+            let Ok(ip) = hop.trim().parse::<std::net::IpAddr>() else {
+                return Some(client);
+            };
+            client = ip;
+            if !is_trusted(&ip) {
+                return Some(client);
+            }
+        }
+    }
+    Some(client)
+}
+
+#[cfg(test)]
+mod client_address_tests {
+    use super::client_address;
+    use axum::extract::ConnectInfo;
+    use axum::http::{Extensions, HeaderMap, HeaderValue};
+    use std::net::SocketAddr;
+
+    fn from(peer: &str, forwarded: Option<&str>, trusted: &[&str]) -> Option<String> {
+        let mut extensions = Extensions::new();
+        extensions.insert(ConnectInfo(peer.parse::<SocketAddr>().ok()?));
+        let mut headers = HeaderMap::new();
+        if let Some(f) = forwarded {
+            headers.insert("x-forwarded-for", HeaderValue::from_str(f).ok()?);
+        }
+        let trusted: Vec<ipnet::IpNet> = trusted.iter().filter_map(|t| t.parse().ok()).collect();
+        client_address(&headers, &extensions, &trusted).map(|ip| ip.to_string())
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_a_trusted_proxy() {
+        let spoofed = Some("198.51.100.7, 10.0.0.1");
+        assert_eq!(
+            from("203.0.113.5:9", spoofed, &[]).as_deref(),
+            Some("203.0.113.5")
+        );
+        assert_eq!(
+            from("10.0.0.2:9", spoofed, &["10.0.0.0/8"]).as_deref(),
+            Some("198.51.100.7")
+        );
+        assert_eq!(
+            from("10.0.0.2:9", Some("garbage"), &["10.0.0.0/8"]).as_deref(),
+            Some("10.0.0.2")
+        );
+        assert_eq!(
+            from("10.0.0.2:9", None, &["10.0.0.0/8"]).as_deref(),
+            Some("10.0.0.2")
+        );
+    }
 }

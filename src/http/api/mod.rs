@@ -224,12 +224,26 @@ impl FromRequestParts<AppState> for Caller {
             })
             .map(str::trim)
             .ok_or_else(ApiError::unauthenticated)?;
-        match state.api_keys.verify(presented).await {
+        let client = crate::http::client_address(
+            &parts.headers,
+            &parts.extensions,
+            &state.config.trusted_proxies,
+        );
+        match state.api_keys.verify_from(presented, client).await {
             Ok(principal) => Ok(Caller(principal)),
             Err(AuthError::Unauthenticated) => {
                 tracing::info!("API request refused: missing, unknown or revoked key");
                 Err(ApiError::unauthenticated())
             }
+            Err(AuthError::Throttled {
+                retry_after_seconds,
+            }) => Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "Rate limited",
+                "Too many failed authentications from this address; wait and try again.",
+            )
+            .retry_after(retry_after_seconds)),
             Err(AuthError::Database(e)) => Err(e.into()),
         }
     }
@@ -253,10 +267,30 @@ impl<S: Send + Sync> FromRequest<S> for ApiBody {
                 MAX_BODY_BYTES / 1024
             ))
         };
-        axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES)
+        let is_json = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or_default().trim())
+            .is_some_and(|media| {
+                media.eq_ignore_ascii_case("application/json")
+                    || (media.len() > 5
+                        && media.is_char_boundary(media.len() - 5)
+                        && media[media.len() - 5..].eq_ignore_ascii_case("+json"))
+            });
+        let body = axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES)
             .await
-            .map(ApiBody)
-            .map_err(|_| too_large())
+            .map_err(|_| too_large())?;
+        // A body is JSON, said so (CONTRACT §10); an empty one needs no type.
+        if !is_json && !body.iter().all(u8::is_ascii_whitespace) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "invalid_request",
+                "Unsupported content type",
+                "Send the body as application/json.",
+            ));
+        }
+        Ok(ApiBody(body))
     }
 }
 

@@ -302,6 +302,7 @@ pub async fn login(
     State(state): State<AppState>,
     session: Session,
     Path(token): Path<String>,
+    crate::http::ClientAddress(client): crate::http::ClientAddress,
 ) -> Result<Response, PageError> {
     let used = || {
         PageError::new(
@@ -311,9 +312,29 @@ pub async fn login(
         )
         .next_step("Open Settings → Connections again from your app to get a new one.")
     };
+    let throttle = state.api_keys.throttle();
+    if let Some(Err(retry)) = client.map(|c| throttle.check(c)) {
+        let mut page = PageError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many sign-in attempts",
+            format!(
+                "Too many sign-in links that do not work came from your network. Wait {} seconds, then open Settings → Connections again from your app.",
+                retry.as_secs().max(1)
+            ),
+        )
+        .into_response();
+        if let Ok(value) = axum::http::HeaderValue::from_str(&retry.as_secs().max(1).to_string()) {
+            page.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, value);
+        }
+        return Ok(page);
+    }
     let consumed = login_tokens::consume_login_token(&state.db, &secrets::sha256(&token)).await?;
     let Some(login) = consumed.filter(|t| t.expires_at > state.now()) else {
         tracing::info!("sign-in refused: login token used, expired or unknown");
+        if let Some(client) = client {
+            throttle.failed(client);
+        }
         return Err(used());
     };
     // A fresh session: the old id (if any) is dropped so it cannot be fixated.
@@ -341,6 +362,36 @@ pub async fn login(
         .and_then(|raw| crate::amazon::consent::validate_return_to(&state.config, &raw))
         .unwrap_or_else(|| default.to_owned());
     Ok(([(header::CACHE_CONTROL, "no-store")], Redirect::to(&target)).into_response())
+}
+
+/// `POST /logout`: ends the session (its row is deleted); `csrf_token` required.
+pub async fn logout(
+    State(state): State<AppState>,
+    session: Session,
+    headers: HeaderMap,
+    axum::Form(form): axum::Form<connections::CsrfForm>,
+) -> Result<Response, PageError> {
+    check_origin(&state, &headers)?;
+    let auth: Option<BrowserAuth> = session.get(AUTH_KEY).await?;
+    if let Some(auth) = auth {
+        if !secrets::constant_time_eq(&form.csrf_token, &auth.csrf_token) {
+            return Err(PageError::forbidden());
+        }
+        session.delete().await?;
+        tracing::info!(user = %auth.user_id, "browser signed out");
+    }
+    Ok(Redirect::to("/signed-out").into_response())
+}
+
+/// `GET /signed-out`
+pub async fn signed_out() -> Result<Response, PageError> {
+    render(&MessagePage {
+        title: "You are signed out",
+        message: "This browser's session has ended. Open Settings → Connections from your app to sign in again.",
+        next_step: None,
+        link: None,
+        incident: None,
+    })
 }
 
 pub async fn not_found() -> PageError {
