@@ -40,8 +40,8 @@ impl Tenants {
             return Err(InvalidInput::new("slug", "must match ^[a-z0-9][a-z0-9-]{1,62}$").into());
         }
         let name = match name {
-            Some(name) if !name.trim().is_empty() => text_field("name", name, MAX_NAME_CHARS)?,
-            _ => slug,
+            None | Some("") => slug,
+            Some(name) => text_field("name", name, MAX_NAME_CHARS)?,
         };
         match tenants::insert_tenant(&self.db, slug, name, self.clock.now()).await {
             Ok(tenant) => {
@@ -57,7 +57,12 @@ impl Tenants {
         tenants::list_tenants(&self.db).await
     }
 
+    /// No tenant has a slug that is not one (and PostgreSQL is not asked
+    /// about text it would refuse, such as NUL).
     pub async fn find_by_slug(&self, slug: &str) -> Result<Option<Tenant>, sqlx::Error> {
+        if !tenants::is_valid_slug(slug) {
+            return Ok(None);
+        }
         tenants::find_tenant_by_slug(&self.db, slug).await
     }
 }

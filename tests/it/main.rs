@@ -26,6 +26,7 @@ mod reconnect_disconnect;
 mod refresh_engine;
 mod refresh_races;
 mod rejections;
+mod schemathesis;
 mod sdk;
 mod secrets_in_logs;
 mod security_headers;

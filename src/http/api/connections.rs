@@ -30,8 +30,11 @@ pub use crate::connections::{ConnectionJson, LastError};
 pub struct ListQuery {
     /// `active`, `needs_reauth` or `disconnected`.
     pub status: Option<String>,
+    /// At most 64 characters, no control characters.
+    #[param(max_length = 64, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$")]
     pub selling_partner_id: Option<String>,
     /// 1–200, default 50.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
     pub limit: Option<String>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -99,6 +102,11 @@ pub async fn list_connections(
         .selling_partner_id
         .as_deref()
         .filter(|s| !s.is_empty());
+    if spid.is_some_and(|s| s.len() > 64 || s.chars().any(char::is_control)) {
+        return Err(ApiError::invalid_request(
+            "`selling_partner_id` must be at most 64 characters, without control characters",
+        ));
+    }
     let page = connections
         .page(tenant.id, status, spid, after, limit)
         .await?;

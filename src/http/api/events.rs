@@ -20,6 +20,7 @@ pub struct EventsQuery {
     /// `next_cursor` of the previous page; omitted: from the oldest kept event.
     pub after: Option<String>,
     /// 1–500, default 100.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500)]
     pub limit: Option<String>,
 }
 

@@ -116,11 +116,11 @@ impl ApiError {
     }
 }
 
-/// A `limit` query parameter: `default` when absent or empty, otherwise an
-/// integer from 1 to `max`, or a 422 naming the field.
+/// A `limit` query parameter: `default` when absent, otherwise an integer
+/// from 1 to `max` (as the OpenAPI document says), or a 422 naming the field.
 pub fn page_limit(raw: Option<&str>, default: i64, max: i64) -> Result<i64, ApiError> {
     match raw {
-        None | Some("") => Ok(default),
+        None => Ok(default),
         Some(raw) => raw
             .parse::<i64>()
             .ok()
@@ -301,6 +301,10 @@ pub fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     } else {
         body
     };
+    // Every body is an object (serde would also build a struct from an array).
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::invalid_request("the body must be a JSON object"));
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         let path = e.path().to_string();

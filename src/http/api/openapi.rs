@@ -38,6 +38,111 @@ impl Modify for ApiKeyAuth {
     }
 }
 
+/// A problem details answer (RFC 9457), as every `/v1` error is.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct Problem {
+    /// `urn:sp-broker:problem:{code}`.
+    #[schema(rename = "type")]
+    kind: String,
+    title: String,
+    status: u16,
+    detail: String,
+    /// Machine-readable: `unauthenticated`, `insufficient_scope`,
+    /// `invalid_request`, `rate_limited`, `not_found`, `service_unavailable`, …
+    code: String,
+}
+
+/// The answers every operation can give besides its own (CONTRACT §10):
+/// listed on each, so a client (or schemathesis) finds every status documented.
+struct CommonAnswers;
+
+impl Modify for CommonAnswers {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let problem = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/problem+json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .build(),
+                )
+                .build()
+        };
+        let lwa = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("LwaErrorAnswer")))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let is_lwa = path == "/auth/o2/token";
+            for operation in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let has_body = operation.request_body.is_some();
+                let answers = &mut operation.responses.responses;
+                let mut add = |status: &str, response: utoipa::openapi::Response| {
+                    answers
+                        .entry(status.to_owned())
+                        .or_insert_with(|| response.into());
+                };
+                if is_lwa {
+                    add("400", lwa("invalid_request, invalid_grant, unauthorized_client, unsupported_grant_type or invalid_scope"));
+                    add("401", lwa("invalid_client"));
+                    add("429", lwa("rate_limited: too many failed authentications from this address (Retry-After)"));
+                    add("500", lwa("server_error"));
+                    add("503", lwa("temporarily_unavailable (Retry-After)"));
+                    continue;
+                }
+                add(
+                    "400",
+                    problem("invalid_request: the path, query or headers cannot be read"),
+                );
+                add(
+                    "401",
+                    problem("unauthenticated: missing, unknown or revoked API key"),
+                );
+                add("403", problem("insufficient_scope"));
+                if has_body {
+                    add(
+                        "413",
+                        problem("invalid_request: the body is larger than 64 KiB"),
+                    );
+                    add(
+                        "415",
+                        problem("invalid_request: the body is not application/json"),
+                    );
+                }
+                add(
+                    "422",
+                    problem("invalid_request: a field is missing, malformed or out of its limits"),
+                );
+                add("429", problem("rate_limited: too many failed authentications from this address (Retry-After)"));
+                add("500", problem("internal_error"));
+                add(
+                    "503",
+                    problem("service_unavailable: the database is not answering (Retry-After)"),
+                );
+            }
+        }
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "sp-broker", description = "Amazon SP-API connection broker: connections and fresh LWA access tokens for internal services. Errors are RFC 9457 problem details (application/problem+json) with a machine-readable `code`."),
@@ -49,8 +154,8 @@ impl Modify for ApiKeyAuth {
         app::notifications, app::status, app::rotate_secret,
         crate::http::lwa_compat::token,
     ),
-    components(schemas(ConnectionJson, Health, LastError)),
-    modifiers(&ApiKeyAuth),
+    components(schemas(ConnectionJson, Health, LastError, Problem, crate::http::lwa_compat::LwaErrorAnswer)),
+    modifiers(&ApiKeyAuth, &CommonAnswers),
 )]
 pub struct ApiDoc;
 

@@ -43,8 +43,12 @@ pub struct TenantList {
 pub struct CreateTenant {
     #[schema(pattern = "^[a-z0-9][a-z0-9-]{1,62}$")]
     pub slug: String,
-    /// Defaults to the slug; no control characters.
-    #[schema(max_length = 200)]
+    /// Defaults to the slug (also when empty); no control characters, no
+    /// space at either end.
+    #[schema(
+        max_length = 200,
+        pattern = "^(?:[^\\s\\u0000-\\u001f\\u007f-\\u009f](?:[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f])?)?$"
+    )]
     pub name: Option<String>,
 }
 
@@ -96,9 +100,17 @@ pub async fn create_tenant(
 #[serde(deny_unknown_fields)]
 pub struct CreateLoginLink {
     /// The embedding app's id for the signed-in user; no control characters.
-    #[schema(max_length = 200)]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\s\\u0000-\\u001f\\u007f-\\u009f](?:[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f])?$"
+    )]
     pub user_id: String,
-    #[schema(max_length = 320)]
+    #[schema(
+        min_length = 1,
+        max_length = 320,
+        pattern = "^[^\\s\\u0000-\\u001f\\u007f-\\u009f](?:[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f])?$"
+    )]
     pub email: Option<String>,
     /// A path on this broker to land on (e.g. the Login URI with its query).
     pub return_to: Option<String>,

@@ -277,7 +277,7 @@ fn parse_connection_id(id: &str) -> Result<Uuid, ApiError> {
 }
 
 /// A fresh or cached access token. Scope: `tokens:issue`.
-#[utoipa::path(post, path = "/v1/connections/{id}/access-token", tag = "tokens", request_body = AccessTokenRequest,
+#[utoipa::path(post, path = "/v1/connections/{id}/access-token", tag = "tokens", request_body = Option<AccessTokenRequest>,
     params(("id" = Uuid, Path)),
     responses(
         (status = 200, body = AccessToken),
@@ -319,6 +319,7 @@ pub async fn access_token(
 #[serde(deny_unknown_fields)]
 pub struct RestrictedResourceJson {
     /// GET, PUT, POST, DELETE or PATCH.
+    #[schema(pattern = "^(GET|PUT|POST|DELETE|PATCH)$")]
     pub method: String,
     /// An SP-API path, e.g. `/orders/v0/orders`.
     #[schema(max_length = 1024)]

@@ -215,6 +215,12 @@ impl OpsQuery {
                     .map_err(|_| bad("That connection id is not a connection id."))?,
             ),
         };
+        // Text that PostgreSQL would refuse (NUL) or no id holds.
+        for text in [&self.tenant, &self.q, &self.audit_tenant] {
+            if given(text).is_some_and(|t| t.len() > 200 || t.chars().any(char::is_control)) {
+                return Err(bad("That search holds control characters or is too long."));
+            }
+        }
         Ok(Filters {
             audit_tenant: given(&self.audit_tenant).map(str::to_owned),
             audit_connection,
