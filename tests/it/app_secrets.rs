@@ -531,12 +531,7 @@ async fn the_secret_in_use_warns_thirty_and_seven_days_ahead_once_each() {
         "6 days less the seconds since the notice"
     );
     // The metric says how long is left.
-    let metrics = reqwest::get(app.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     let line = metrics
         .lines()
         .find(|l| l.starts_with("sp_broker_app_secret_expiry_seconds"))

@@ -196,6 +196,16 @@ impl TestApp {
         self.services.tenants.find_by_slug(slug).await.unwrap()
     }
 
+    /// `/metrics` as text.
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(self.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }

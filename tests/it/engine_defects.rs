@@ -94,12 +94,7 @@ async fn the_change_listener_reports_itself_in_metrics() {
     let app = TestApp::spawn().await;
     let started = std::time::Instant::now();
     loop {
-        let metrics = reqwest::get(app.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = app.metrics_text().await;
         if metrics.contains("sp_broker_change_listener_connected 1") {
             assert!(
                 metrics.contains("sp_broker_change_listener_heartbeat_age_seconds"),

@@ -217,12 +217,7 @@ async fn an_event_pending_across_a_restart_is_still_delivered() {
         (Some(1), Some(1))
     );
     assert_eq!(deliveries["last_error"], "the receiver answered 503");
-    let metrics = reqwest::get(first.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = first.metrics_text().await;
     assert!(
         metrics.contains("sp_broker_webhook_outbox_retrying 1"),
         "{metrics}"

@@ -126,12 +126,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
 /// API keys looked up in PostgreSQL so far (`/metrics`: each lookup is
 /// counted as it is made; PostgreSQL's own statistics lag by seconds).
 async fn api_key_lookups(app: &TestApp) -> f64 {
-    let text = reqwest::get(app.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     text.lines()
         .find(|l| l.starts_with("sp_broker_api_key_lookups_total"))
         .and_then(|l| l.split_whitespace().last())

@@ -109,12 +109,7 @@ async fn metrics_count_connections_tokens_and_lwa_calls() {
 /// `/metrics` read by a Prometheus text-format parser (`prometheus-parse`),
 /// not by string matching.
 async fn scrape(app: &TestApp) -> prometheus_parse::Scrape {
-    let text = reqwest::get(app.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
         .expect("Prometheus text")
 }

@@ -163,12 +163,7 @@ async fn amazons_python_sdk_gets_marketplace_participations_through_sp_broker() 
     );
 
     // The SDKs' token requests reached sp-broker's endpoint and were counted.
-    let metrics = reqwest::get(app.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(
         metrics
             .lines()

@@ -482,6 +482,22 @@ pub async fn ops_page(
     })
 }
 
+/// An operator's form post: signed in as an operator, from our origin, with
+/// the session's CSRF token.
+async fn operator_form(
+    state: &AppState,
+    session: &Session,
+    headers: &HeaderMap,
+    form: &CsrfForm,
+) -> Result<BrowserAuth, PageError> {
+    let auth = operator(state, session).await?;
+    check_origin(state, headers)?;
+    if !crate::secrets::constant_time_eq(&form.csrf_token, &auth.csrf_token) {
+        return Err(PageError::forbidden());
+    }
+    Ok(auth)
+}
+
 /// `POST /ops/fuse/clear`: an operator ends a tripped `invalid_grant` fuse.
 pub async fn clear_fuse_post(
     State(state): State<AppState>,
@@ -489,11 +505,7 @@ pub async fn clear_fuse_post(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Result<Response, PageError> {
-    let auth = operator(&state, &session).await?;
-    check_origin(&state, &headers)?;
-    if !crate::secrets::constant_time_eq(&form.csrf_token, &auth.csrf_token) {
-        return Err(PageError::forbidden());
-    }
+    let auth = operator_form(&state, &session, &headers, &form).await?;
     state
         .summaries
         .clear_fuse(&format!("operator:{}", auth.user_id))
@@ -510,11 +522,7 @@ pub async fn rotate_secret_post(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Result<Response, PageError> {
-    let auth = operator(&state, &session).await?;
-    check_origin(&state, &headers)?;
-    if !crate::secrets::constant_time_eq(&form.csrf_token, &auth.csrf_token) {
-        return Err(PageError::forbidden());
-    }
+    let auth = operator_form(&state, &session, &headers, &form).await?;
     let actor = format!("operator:{}", auth.user_id);
     let caller = crate::api_keys::ApiPrincipal::operator(&actor);
     crate::app_secrets::request_rotation(&state.broker, &state.spapi, &caller, &actor)
