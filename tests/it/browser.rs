@@ -440,20 +440,38 @@ async fn seed_dashboard(app: &TestApp) -> Vec<uuid::Uuid> {
 }
 
 async fn rows_shown(client: &Client) -> Result<Vec<String>, String> {
-    let mut ids = Vec::new();
-    for row in client
-        .find_all(Locator::Css("table[data-attention] tr[data-connection-id]"))
+    // Read in one script, so a page that is being replaced (after a click)
+    // gives all or nothing instead of a stale element.
+    let ids = client
+        .execute(
+            "return Array.from(document.querySelectorAll('table[data-attention] tr[data-connection-id]')).map(r => r.getAttribute('data-connection-id'))",
+            vec![],
+        )
         .await
-        .map_err(|e| e.to_string())?
-    {
-        ids.push(
-            row.attr("data-connection-id")
-                .await
-                .map_err(|e| e.to_string())?
-                .unwrap_or_default(),
-        );
+        .map_err(|e| e.to_string())?;
+    serde_json::from_value(ids).map_err(|e| e.to_string())
+}
+
+/// [`rows_shown`] until `done` holds, at most 10 s; a page still loading
+/// is waited for, not an error.
+async fn rows_until(
+    client: &Client,
+    what: &str,
+    done: impl Fn(&[String]) -> bool,
+) -> Result<Vec<String>, String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let shown = rows_shown(client).await;
+        if let Ok(rows) = &shown {
+            if done(rows) {
+                return shown;
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{what}: {shown:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok(ids)
 }
 
 /// What an operator does on the dashboard, checked step by step.
@@ -537,22 +555,21 @@ async fn use_the_dashboard(
         .map_err(|e| e.to_string())?;
     click_button(client, "Filter").await?;
     wait_for_path(client, &origin, "/ops").await?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let shown = rows_shown(client).await?;
-        let healths = client
-            .find_all(Locator::Css(
-                "table[data-attention] tr[data-health='degraded']",
-            ))
-            .await
-            .map_err(|e| e.to_string())?;
-        if shown.len() == 1 && healths.len() == 1 {
-            break;
-        }
-        if Instant::now() > deadline {
-            return Err(format!("filtering by degraded shows {shown:?}"));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let shown = rows_until(client, "filtering by degraded shows", |rows| {
+        rows.len() == 1
+    })
+    .await?;
+    let degraded = client
+        .find_all(Locator::Css(
+            "table[data-attention] tr[data-health='degraded']",
+        ))
+        .await
+        .map_err(|e| e.to_string())?;
+    if degraded.len() != 1 {
+        return Err(format!(
+            "filtering by degraded shows {shown:?}, {} degraded",
+            degraded.len()
+        ));
     }
     save_screenshot(client, "ops-dashboard-degraded.png").await;
 
@@ -569,17 +586,7 @@ async fn use_the_dashboard(
         .click()
         .await
         .map_err(|e| e.to_string())?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let page_two = loop {
-        let shown = rows_shown(client).await?;
-        if shown.len() == 10 {
-            break shown;
-        }
-        if Instant::now() > deadline {
-            return Err(format!("the second page shows {} rows", shown.len()));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let page_two = rows_until(client, "the second page shows", |rows| rows.len() == 10).await?;
     let mut seen: Vec<String> = page_one.into_iter().chain(page_two).collect();
     seen.sort();
     let mut expected: Vec<String> = failing.iter().map(|id| id.to_string()).collect();
