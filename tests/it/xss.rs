@@ -103,3 +103,51 @@ fn no_template_turns_escaping_off() {
     }
     assert!(checked >= 3, "templates found");
 }
+
+#[tokio::test]
+async fn values_on_the_ops_pages_are_escaped() {
+    let app = TestApp::spawn().await;
+    let mut ids = Vec::new();
+    for (i, value) in CORPUS.iter().enumerate() {
+        let slug = format!("ops-xss-{i}");
+        app.services
+            .tenants
+            .create(&slug, Some(value))
+            .await
+            .unwrap();
+        ids.push(
+            app.seed_connection(&slug, value, "Atzr|r", "Atza|a", time::Duration::hours(1))
+                .await,
+        );
+    }
+    let ops = crate::ops_dashboard::operator(&app).await;
+    let mut pages = vec![app.url("/ops?health=all")];
+    for value in CORPUS {
+        let encoded: String = url::form_urlencoded::byte_serialize(value.as_bytes()).collect();
+        pages.push(app.url(&format!("/ops?health=all&q={encoded}")));
+        pages.push(app.url(&format!("/ops?audit_tenant={encoded}")));
+    }
+    for id in &ids {
+        pages.push(app.url(&format!("/ops/connections/{id}")));
+    }
+    for page in pages {
+        let response = ops.get(&page).send().await.unwrap();
+        let status = response.status().as_u16();
+        let body = response.text().await.unwrap();
+        assert!(status == 200 || status == 400, "{page}: {status}");
+        assert_escaped(&body, &page);
+    }
+    // The seeded values are on the dashboard, escaped, not dropped.
+    let listed = ops
+        .get(app.url("/ops?health=all"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        listed.contains("&#60;/script&#62;"),
+        "the values are shown, escaped"
+    );
+}
