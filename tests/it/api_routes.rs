@@ -955,7 +955,8 @@ async fn creating_and_revoking_keys_is_audited_and_never_records_the_key() {
         .unwrap();
     let key = secrecy::ExposeSecret::expose_secret(&key).to_owned();
     let public_id = key.split('_').nth(1).unwrap().to_owned();
-    let secret_part = key.rsplit('_').next().unwrap().to_owned();
+    // The secret may hold `_` itself (base64url): all after `spb_{public}_`.
+    let secret_part = key[format!("spb_{public_id}_").len()..].to_owned();
 
     let created: Vec<(String, Option<Uuid>, Value)> = sqlx::query_as(
         "select actor, tenant_id, detail from audit_event where action = 'api_key.created'",
