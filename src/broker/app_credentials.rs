@@ -181,6 +181,8 @@ pub struct AppCredentials {
     hold: Mutex<HoldState>,
     probing: Arc<AtomicBool>,
     last_ok_written: AtomicI64,
+    /// The environment's secrets have their rows (written once per process).
+    environment_registered: AtomicBool,
 }
 
 impl AppCredentials {
@@ -217,6 +219,7 @@ impl AppCredentials {
             hold: Mutex::new(HoldState::default()),
             probing: Arc::new(AtomicBool::new(false)),
             last_ok_written: AtomicI64::new(i64::MIN),
+            environment_registered: AtomicBool::new(false),
         }
     }
 
@@ -450,9 +453,17 @@ impl AppCredentials {
             .iter()
             .map(|value| (fingerprint(value), value))
             .collect();
-        for (i, (print, _)) in environment.iter().enumerate() {
-            app_secrets::register_environment(&self.db, print, environment_source(i).as_str(), now)
+        if !self.environment_registered.load(Ordering::Acquire) {
+            for (i, (print, _)) in environment.iter().enumerate() {
+                app_secrets::register_environment(
+                    &self.db,
+                    print,
+                    environment_source(i).as_str(),
+                    now,
+                )
                 .await?;
+            }
+            self.environment_registered.store(true, Ordering::Release);
         }
         let mut list = Vec::new();
         for row in app_secrets::list(&self.db).await? {
