@@ -101,62 +101,149 @@ fn optional_time(
     raw.map(|raw| time_field(raw, what)).transpose()
 }
 
+/// A notification as Amazon delivers it, checked: everything that can be
+/// known from its bytes alone (no database, no credentials). Fuzzed
+/// (`fuzz/fuzz_targets/notification_body.rs`). Deliberately not `Debug`: a
+/// new secret's value is inside.
+pub enum Notification {
+    NewSecret {
+        client_id: String,
+        secret: SecretString,
+        new_expiry: Option<OffsetDateTime>,
+        old_expiry: Option<OffsetDateTime>,
+        notification_id: Option<String>,
+    },
+    SecretExpiry {
+        client_id: String,
+        expires_at: OffsetDateTime,
+        /// Amazon's reason, kept only when it is short printable text.
+        reason: Option<String>,
+        notification_id: Option<String>,
+    },
+    /// A type sp-broker does not act on; its name only when it looks like one.
+    Other { notification_type: Option<String> },
+}
+
+impl Notification {
+    pub fn parse(body: &[u8]) -> Result<Notification, NotificationError> {
+        let envelope: Envelope = serde_json::from_slice(body).map_err(|_| {
+            NotificationError::Malformed(
+                "the body is not an Amazon notification (JSON with `notificationType` and `payload`)",
+            )
+        })?;
+        let notification_id = envelope
+            .notification_metadata
+            .and_then(|m| m.notification_id)
+            .filter(|id| !id.is_empty());
+        if let Some(id) = &notification_id {
+            if crate::domain::check_text(id, 200).is_err() {
+                return Err(NotificationError::Malformed(
+                    "`notificationMetadata.notificationId` must be printable text of at most 200 characters",
+                ));
+            }
+        }
+        let payload = |name: &str| envelope.payload.get(name).cloned().unwrap_or(Value::Null);
+        match envelope.notification_type.as_str() {
+            NEW_SECRET => {
+                let new: NewSecret = serde_json::from_value(payload("applicationOAuthClientNewSecret"))
+                    .map_err(|_| NotificationError::Malformed("`payload.applicationOAuthClientNewSecret` needs `clientId` and `newClientSecret` (strings)"))?;
+                let value = new.new_client_secret.expose_secret();
+                if value.trim().is_empty()
+                    || value.trim() != value
+                    || value.chars().count() > MAX_SECRET_CHARS
+                    || value.chars().any(char::is_control)
+                {
+                    return Err(NotificationError::Malformed(
+                        "`newClientSecret` must be printable text of at most 512 characters",
+                    ));
+                }
+                Ok(Notification::NewSecret {
+                    new_expiry: optional_time(
+                        new.new_client_secret_expiry_time.as_deref(),
+                        "`newClientSecretExpiryTime` must be an RFC 3339 time",
+                    )?,
+                    old_expiry: optional_time(
+                        new.old_client_secret_expiry_time.as_deref(),
+                        "`oldClientSecretExpiryTime` must be an RFC 3339 time",
+                    )?,
+                    client_id: new.client_id,
+                    secret: new.new_client_secret,
+                    notification_id,
+                })
+            }
+            SECRET_EXPIRY => {
+                let expiry: SecretExpiry = serde_json::from_value(payload("applicationOAuthClientSecretExpiry"))
+                    .map_err(|_| NotificationError::Malformed("`payload.applicationOAuthClientSecretExpiry` needs `clientId` and `clientSecretExpiryTime` (strings)"))?;
+                Ok(Notification::SecretExpiry {
+                    expires_at: time_field(
+                        &expiry.client_secret_expiry_time,
+                        "`clientSecretExpiryTime` must be an RFC 3339 time",
+                    )?,
+                    reason: expiry
+                        .client_secret_expiry_reason
+                        .filter(|r| crate::domain::check_text(r, 100).is_ok()),
+                    client_id: expiry.client_id,
+                    notification_id,
+                })
+            }
+            other => {
+                // Its payload is not ours to log; its type only when it looks like one.
+                let looks_like_a_type = !other.is_empty()
+                    && other.len() <= 64
+                    && other.bytes().all(|b| b.is_ascii_uppercase() || b == b'_');
+                Ok(Notification::Other {
+                    notification_type: looks_like_a_type.then(|| other.to_owned()),
+                })
+            }
+        }
+    }
+}
+
 /// Takes one notification as Amazon delivers it on the app's SQS queue.
 pub async fn receive(
     credentials: &AppCredentials,
     body: &[u8],
 ) -> Result<Received, NotificationError> {
-    let envelope: Envelope = serde_json::from_slice(body).map_err(|_| {
-        NotificationError::Malformed(
-            "the body is not an Amazon notification (JSON with `notificationType` and `payload`)",
-        )
-    })?;
-    let notification_id = envelope
-        .notification_metadata
-        .and_then(|m| m.notification_id)
-        .filter(|id| !id.is_empty());
-    if let Some(id) = &notification_id {
-        if crate::domain::check_text(id, 200).is_err() {
-            return Err(NotificationError::Malformed(
-                "`notificationMetadata.notificationId` must be printable text of at most 200 characters",
-            ));
-        }
-    }
-    match envelope.notification_type.as_str() {
-        NEW_SECRET => {
-            let new: NewSecret = serde_json::from_value(
-                envelope
-                    .payload
-                    .get("applicationOAuthClientNewSecret")
-                    .cloned()
-                    .unwrap_or(Value::Null),
+    match Notification::parse(body)? {
+        Notification::NewSecret {
+            client_id,
+            secret,
+            new_expiry,
+            old_expiry,
+            notification_id,
+        } => {
+            if client_id != credentials.client_id() {
+                return Err(NotificationError::OtherClient);
+            }
+            store_new_secret(
+                credentials,
+                &secret,
+                new_expiry,
+                old_expiry,
+                notification_id.as_deref(),
             )
-            .map_err(|_| NotificationError::Malformed("`payload.applicationOAuthClientNewSecret` needs `clientId` and `newClientSecret` (strings)"))?;
-            store_new_secret(credentials, new, notification_id.as_deref()).await
+            .await
         }
-        SECRET_EXPIRY => {
-            let expiry: SecretExpiry = serde_json::from_value(
-                envelope
-                    .payload
-                    .get("applicationOAuthClientSecretExpiry")
-                    .cloned()
-                    .unwrap_or(Value::Null),
+        Notification::SecretExpiry {
+            client_id,
+            expires_at,
+            reason,
+            notification_id,
+        } => {
+            if client_id != credentials.client_id() {
+                return Err(NotificationError::OtherClient);
+            }
+            record_expiry(
+                credentials,
+                expires_at,
+                reason.as_deref(),
+                notification_id.as_deref(),
             )
-            .map_err(|_| NotificationError::Malformed("`payload.applicationOAuthClientSecretExpiry` needs `clientId` and `clientSecretExpiryTime` (strings)"))?;
-            record_expiry(credentials, expiry, notification_id.as_deref()).await
+            .await
         }
-        other => {
-            // Its payload is not ours to log; its type only when it looks like one.
-            let shown = if !other.is_empty()
-                && other.len() <= 64
-                && other.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
-            {
-                other
-            } else {
-                "(unrecognised)"
-            };
+        Notification::Other { notification_type } => {
             tracing::info!(
-                notification_type = shown,
+                notification_type = notification_type.as_deref().unwrap_or("(unrecognised)"),
                 "app notification of a type sp-broker does not act on: ignored"
             );
             Ok(Received::Ignored)
@@ -166,32 +253,13 @@ pub async fn receive(
 
 async fn store_new_secret(
     credentials: &AppCredentials,
-    new: NewSecret,
+    secret: &SecretString,
+    new_expiry: Option<OffsetDateTime>,
+    old_expiry: Option<OffsetDateTime>,
     notification_id: Option<&str>,
 ) -> Result<Received, NotificationError> {
-    if new.client_id != credentials.client_id() {
-        return Err(NotificationError::OtherClient);
-    }
-    let value = new.new_client_secret.expose_secret();
-    if value.trim().is_empty()
-        || value.trim() != value
-        || value.chars().count() > MAX_SECRET_CHARS
-        || value.chars().any(char::is_control)
-    {
-        return Err(NotificationError::Malformed(
-            "`newClientSecret` must be printable text of at most 512 characters",
-        ));
-    }
-    let new_expiry = optional_time(
-        new.new_client_secret_expiry_time.as_deref(),
-        "`newClientSecretExpiryTime` must be an RFC 3339 time",
-    )?;
-    let old_expiry = optional_time(
-        new.old_client_secret_expiry_time.as_deref(),
-        "`oldClientSecretExpiryTime` must be an RFC 3339 time",
-    )?;
     let now = credentials.now();
-    let print = fingerprint(&new.new_client_secret);
+    let print = fingerprint(secret);
     // The secret it replaces: the one sent first until now.
     let replaced = credentials.secret_in_use().map(|s| s.id);
     let mut tx = credentials.db().begin().await?;
@@ -206,9 +274,7 @@ async fn store_new_secret(
     }
     let id = Uuid::new_v4();
     let row = id.to_string();
-    let sealed = credentials
-        .keys()
-        .seal_str(seal_context(&row), &new.new_client_secret);
+    let sealed = credentials.keys().seal_str(seal_context(&row), secret);
     if !app_secrets::insert_notified(&mut tx, id, &print, &sealed, now, new_expiry).await? {
         return Ok(Received::AlreadyKnown);
     }
@@ -240,20 +306,10 @@ async fn store_new_secret(
 
 async fn record_expiry(
     credentials: &AppCredentials,
-    expiry: SecretExpiry,
+    expires_at: OffsetDateTime,
+    reason: Option<&str>,
     notification_id: Option<&str>,
 ) -> Result<Received, NotificationError> {
-    if expiry.client_id != credentials.client_id() {
-        return Err(NotificationError::OtherClient);
-    }
-    let expires_at = time_field(
-        &expiry.client_secret_expiry_time,
-        "`clientSecretExpiryTime` must be an RFC 3339 time",
-    )?;
-    let reason = expiry
-        .client_secret_expiry_reason
-        .as_deref()
-        .filter(|r| crate::domain::check_text(r, 100).is_ok());
     let Some(in_use) = credentials.secret_in_use() else {
         return Err(NotificationError::Malformed(
             "no client secret is configured to record the expiry on",

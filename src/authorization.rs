@@ -107,7 +107,7 @@ pub struct Callback<'a> {
     pub code: SecretString,
 }
 
-fn is_plausible_selling_partner_id(id: &str) -> bool {
+pub fn is_plausible_selling_partner_id(id: &str) -> bool {
     (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 

@@ -221,7 +221,7 @@ impl LwaForm {
 
 /// The API key presented: the form's `client_secret` or HTTP Basic's
 /// password (each part form-urlencoded, RFC 6749 §2.3.1), not both.
-fn presented_secret(headers: &HeaderMap, form: &LwaForm) -> Result<String, LwaError> {
+pub fn presented_secret(headers: &HeaderMap, form: &LwaForm) -> Result<String, LwaError> {
     let basic = match headers.get(header::AUTHORIZATION) {
         None => None,
         Some(value) => {

@@ -165,36 +165,72 @@ fn exchange_problem_page(error: &LwaError) -> PageError {
     )
 }
 
+/// Amazon's answer on the callback URL, taken from its decoded query (the
+/// last value of a repeated name wins, as axum's `Query` gives it). Fuzzed
+/// (`fuzz/fuzz_targets/callback_query.rs`). Deliberately not `Debug`: the
+/// code is a credential.
+pub enum CallbackQuery<'a> {
+    /// `state`, `selling_partner_id` and `spapi_oauth_code`, all non-empty.
+    Complete {
+        state: &'a str,
+        selling_partner_id: &'a str,
+        code: SecretString,
+    },
+    /// Something is missing: the seller declined, or Amazon answered an
+    /// error. `state` when it came back, to count the return.
+    Incomplete { state: Option<&'a str> },
+}
+
+impl<'a> CallbackQuery<'a> {
+    pub fn from_params(params: &'a HashMap<String, String>) -> CallbackQuery<'a> {
+        let param = |name: &str| {
+            params
+                .get(name)
+                .map(String::as_str)
+                .filter(|v| !v.is_empty())
+        };
+        match (
+            param("state"),
+            param("selling_partner_id"),
+            param("spapi_oauth_code"),
+        ) {
+            (Some(state), Some(selling_partner_id), Some(code)) => CallbackQuery::Complete {
+                state,
+                selling_partner_id,
+                code: SecretString::from(code.to_owned()),
+            },
+            (state, _, _) => CallbackQuery::Incomplete { state },
+        }
+    }
+}
+
 /// `GET /oauth/amazon/callback?state=…&selling_partner_id=…&spapi_oauth_code=…`
 pub async fn callback(
     State(state): State<AppState>,
     session: Session,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, PageError> {
-    let param = |name: &str| {
-        params
-            .get(name)
-            .map(String::as_str)
-            .filter(|v| !v.is_empty())
-    };
-    let (Some(oauth_state), Some(selling_partner_id), Some(code)) = (
-        param("state"),
-        param("selling_partner_id"),
-        param("spapi_oauth_code"),
-    ) else {
-        tracing::info!("callback refused: missing parameters");
-        if let Some(oauth_state) = param("state") {
-            // The seller came back without a code (declined, or Amazon's error).
-            state
-                .authorizer
-                .record_return(&crate::secrets::sha256(oauth_state), false)
-                .await;
+    let (oauth_state, selling_partner_id, code) = match CallbackQuery::from_params(&params) {
+        CallbackQuery::Complete {
+            state,
+            selling_partner_id,
+            code,
+        } => (state, selling_partner_id, code),
+        CallbackQuery::Incomplete { state: returned } => {
+            tracing::info!("callback refused: missing parameters");
+            if let Some(oauth_state) = returned {
+                // The seller came back without a code (declined, or Amazon's error).
+                state
+                    .authorizer
+                    .record_return(&crate::secrets::sha256(oauth_state), false)
+                    .await;
+            }
+            return Err(PageError::start_again(
+                StatusCode::BAD_REQUEST,
+                "We could not finish connecting",
+                "Amazon's answer was incomplete (state, selling_partner_id and spapi_oauth_code are all needed).",
+            ));
         }
-        return Err(PageError::start_again(
-            StatusCode::BAD_REQUEST,
-            "We could not finish connecting",
-            "Amazon's answer was incomplete (state, selling_partner_id and spapi_oauth_code are all needed).",
-        ));
     };
     let auth = current_auth(&state, &session).await?;
     let binding = auth.as_ref().map(|a| a.binding_hash());
@@ -204,7 +240,7 @@ pub async fn callback(
             oauth_state,
             session_binding: binding.as_deref(),
             selling_partner_id,
-            code: SecretString::from(code.to_owned()),
+            code,
         })
         .await;
     let outcome = match result {

@@ -70,6 +70,10 @@ impl ApiError {
         self.0.code
     }
 
+    pub fn status(&self) -> StatusCode {
+        self.0.status
+    }
+
     pub fn unauthenticated() -> Self {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
