@@ -30,6 +30,7 @@ use sqlx::PgPool;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// Everything sp-broker is made of, built once.
@@ -215,15 +216,32 @@ pub async fn prepare(config: Config) -> Result<Services, StartError> {
     Ok(services)
 }
 
-/// Serves until `shutdown` resolves, then marks the instance not ready,
-/// drains in-flight requests, and stops the listener and the jobs.
+/// After the shutdown signal, `/readyz` answers 503 this long while every
+/// other request is still served, so a load balancer stops sending new ones
+/// before the listener closes.
+pub const SHUTDOWN_NOTICE: Duration = Duration::from_secs(3);
+/// After the drain, the jobs get this long to finish their batch and flush.
+pub const JOBS_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest a shutdown takes, signal to exit: within Kubernetes' default
+/// 30 s grace period.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(
+    SHUTDOWN_NOTICE.as_secs()
+        + crate::http::listener::DRAIN_TIMEOUT.as_secs()
+        + JOBS_STOP_TIMEOUT.as_secs(),
+);
+
+/// Serves until `shutdown` resolves, then: `/readyz` 503 and the sweep and
+/// webhook deliveries stop at their batch boundary; [`SHUTDOWN_NOTICE`]
+/// later the listener closes and in-flight requests are drained; then the
+/// jobs flush what they hold (token-issue counts). Bounded by [`SHUTDOWN_GRACE`].
 pub async fn serve(
     listener: TcpListener,
     services: Services,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let flag = Arc::clone(&services.shutting_down);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (stop_background_tx, stop_background) = tokio::sync::watch::channel(false);
+    let (stop_jobs_tx, stop_jobs) = tokio::sync::watch::channel(false);
     if let Err(e) = services.broker.app_state_changed().await {
         tracing::warn!(error = %e, "could not read the app-wide state at start");
     }
@@ -232,13 +250,13 @@ pub async fn serve(
         Arc::clone(&services.broker),
         Arc::clone(&services.api_keys),
     );
-    let listener_task = tokio::spawn(change_listener.run(stop_rx.clone()));
-    let webhooks_task = services
-        .webhooks
-        .clone()
-        .map(|webhooks| tokio::spawn(webhooks.run(stop_rx.clone())));
-    let sweep_task = tokio::spawn(Arc::clone(&services.sweep).run(stop_rx.clone()));
-    let jobs_task = tokio::spawn(services.jobs().run(stop_rx));
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(change_listener.run(stop_jobs.clone()));
+    if let Some(webhooks) = services.webhooks.clone() {
+        tasks.spawn(webhooks.run(stop_background.clone()));
+    }
+    tasks.spawn(Arc::clone(&services.sweep).run(stop_background));
+    tasks.spawn(services.jobs().run(stop_jobs));
     let router = services.router();
     let served = crate::http::listener::serve(
         listener,
@@ -247,17 +265,24 @@ pub async fn serve(
         async move {
             shutdown.await;
             flag.store(true, Ordering::Relaxed);
-            tracing::info!("shutdown signal received: draining in-flight requests");
+            let _ = stop_background_tx.send(true);
+            tracing::info!(
+                notice_seconds = SHUTDOWN_NOTICE.as_secs(),
+                "shutdown signal received: /readyz answers 503, then in-flight requests are drained"
+            );
+            tokio::time::sleep(SHUTDOWN_NOTICE).await;
         },
     )
     .await;
-    let _ = stop_tx.send(true);
-    // Jobs stop at a batch boundary and flush what they hold.
-    let _ = jobs_task.await;
-    let _ = sweep_task.await;
-    if let Some(task) = webhooks_task {
-        let _ = task.await;
+    let _ = stop_jobs_tx.send(true);
+    let stopped = tokio::time::timeout(JOBS_STOP_TIMEOUT, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if stopped.is_err() {
+        tracing::warn!("background jobs still busy after the stop timeout: cut short");
+        tasks.abort_all();
     }
-    let _ = listener_task.await;
+    tracing::info!("shut down");
     served
 }

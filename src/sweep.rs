@@ -88,9 +88,26 @@ impl Sweep {
 
     /// One pass: the expiry notices, then the refreshes of what is due.
     pub async fn pass(&self) -> Result<PassCounts, sqlx::Error> {
+        self.pass_until(None).await
+    }
+
+    /// A pass that ends at a batch boundary once `stop` says so: the batch
+    /// claimed is refreshed, no other is claimed (what is left is the next
+    /// pass's, on this instance or another).
+    async fn pass_until(
+        &self,
+        stop: Option<&tokio::sync::watch::Receiver<bool>>,
+    ) -> Result<PassCounts, sqlx::Error> {
         self.send_expiry_notices().await?;
         let mut counts = PassCounts::default();
         loop {
+            if stop.is_some_and(|stop| *stop.borrow()) {
+                tracing::info!(
+                    ?counts,
+                    "health sweep pass stopped at a batch boundary: shutting down"
+                );
+                return Ok(counts);
+            }
             let now = self.clock.now();
             let stale_before = now - self.config.stale_after;
             let claim_until = now + self.claim_length();
@@ -244,11 +261,11 @@ impl Sweep {
             if *stop.borrow() {
                 return;
             }
-            tokio::select! {
-                passed = self.pass() => if let Err(e) = passed {
-                    tracing::warn!(error = %e, "health sweep pass failed");
-                },
-                _ = stop.changed() => return,
+            if let Err(e) = self.pass_until(Some(&stop)).await {
+                tracing::warn!(error = %e, "health sweep pass failed");
+            }
+            if *stop.borrow() {
+                return;
             }
             wait = interval;
         }

@@ -199,8 +199,12 @@ impl Webhooks {
 
     /// Delivers until stopped: a round every second, at once again after a
     /// round that had work.
+    /// Delivers rounds until stopped; a round under way is finished first.
     pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
         loop {
+            if *stop.borrow() {
+                return;
+            }
             let busy = match self.deliver_due().await {
                 Ok(round) => round != Round::default(),
                 Err(e) => {

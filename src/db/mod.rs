@@ -104,17 +104,25 @@ pub async fn migrations_applied(pool: &PgPool) -> Result<bool, sqlx::Error> {
 /// Does this error mean the database cannot be reached right now (the
 /// answer is 503 with `Retry-After`, not 500)? Besides a full pool and a
 /// broken socket: a TLS failure, and a protocol error, which is how sqlx
-/// reports a connection cut in the middle of its handshake or of an answer.
+/// reports a connection cut in the middle of its handshake or of an answer;
+/// and PostgreSQL's own word that it is going or not yet there: a connection
+/// exception (SQLSTATE class 08), `admin_shutdown`, `crash_shutdown`,
+/// `cannot_connect_now` (57P01–57P03, what a session gets when the server
+/// stops or is still starting), `too_many_connections` (53300). The fault
+/// drill (tests/it/fault_drills.rs) found 57P01 answered as a 500.
 pub fn is_unavailable(error: &sqlx::Error) -> bool {
-    matches!(
-        error,
+    match error {
         sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::Protocol(_)
-            | sqlx::Error::WorkerCrashed
-    )
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(e) => e.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
+    }
 }
 
 /// Is this a unique-constraint violation?

@@ -28,7 +28,12 @@ impl TestDb {
     pub async fn new() -> TestDb {
         let server = std::env::var("DATABASE_URL")
             .unwrap_or_else(|_| sp_broker::config::DEFAULT_DATABASE_URL.to_owned());
-        let mut admin = url::Url::parse(&server).expect("DATABASE_URL is a URL");
+        Self::new_on(&server).await
+    }
+
+    /// A fresh database on the PostgreSQL server at `server` (a URL).
+    pub async fn new_on(server: &str) -> TestDb {
+        let mut admin = url::Url::parse(server).expect("DATABASE_URL is a URL");
         admin.set_path("/postgres");
         let name = format!("spb_test_{}", uuid::Uuid::new_v4().simple());
         let mut test_url = admin.clone();

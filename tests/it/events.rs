@@ -242,10 +242,19 @@ async fn an_event_pending_across_a_restart_is_still_delivered() {
     );
     assert_eq!(body(delivered)["data"]["connection"]["id"], id.to_string());
     assert!(signed_by(SECRET, delivered));
-    let state: String = sqlx::query_scalar("select delivery_state from event")
-        .fetch_one(&second.pool)
-        .await
-        .unwrap();
+    // The receiver has it before the sender records the answer (and the
+    // instance's own delivery loop may be the one that sent it): wait.
+    let mut state = String::new();
+    for _ in 0..100 {
+        state = sqlx::query_scalar("select delivery_state from event")
+            .fetch_one(&second.pool)
+            .await
+            .unwrap();
+        if state == "delivered" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     assert_eq!(state, "delivered");
 }
 

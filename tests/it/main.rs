@@ -13,6 +13,7 @@ mod csrf;
 mod database_outage;
 mod engine_defects;
 mod events;
+mod fault_drills;
 mod flow_support;
 mod hostile_clients;
 mod key_rotation;
