@@ -1009,3 +1009,296 @@ async fn notified_secret_flow(logs: Arc<Mutex<Vec<u8>>>) {
         );
     }
 }
+
+#[tokio::test]
+async fn every_route_at_trace_leaves_no_secret_in_a_log_line_a_webhook_body_or_the_database() {
+    let logs = capture_logs();
+    every_route_flow(logs)
+        .with_subscriber(tracing::subscriber::NoSubscriber::default())
+        .await;
+}
+
+/// The secret part of an API key (`spb_{public}_{secret}`): the public id is
+/// logged by design.
+fn key_secret_part(key: &str) -> String {
+    let rest = key.strip_prefix("spb_").unwrap();
+    let (_, secret) = rest.split_once('_').unwrap();
+    secret.to_owned()
+}
+
+/// Every route of the `/v1` API, `/auth/o2/token`, the ops pages, the probes
+/// and `/logout`, good and bad, with Amazon issuing canaries; events
+/// delivered to a webhook receiver. Then the log, the webhook bodies, the
+/// answers that carry no token, and the database are scanned.
+async fn every_route_flow(logs: Arc<Mutex<Vec<u8>>>) {
+    const RDT: &str = "Atz.sprdt|CANARY-RDT-71c3e5";
+    const GRANTLESS: &str = "Atza|CANARY-GRANTLESS-4d8a2f";
+    let mock = wiremock::MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/auth/o2/token"))
+        .and(body_string_contains("grant_type=refresh_token"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "access_token": ACCESS, "refresh_token": REFRESH,
+            "token_type": "bearer", "expires_in": 3600,
+        })))
+        .mount(&mock)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/auth/o2/token"))
+        .and(body_string_contains("grant_type=client_credentials"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "access_token": GRANTLESS, "token_type": "bearer", "expires_in": 3600,
+            "scope": "sellingpartnerapi::notifications",
+        })))
+        .mount(&mock)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/tokens/2021-03-01/restrictedDataToken"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"restrictedDataToken": RDT, "expiresIn": 3600})),
+        )
+        .mount(&mock)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/hooks"))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&mock)
+        .await;
+    let (token_url, spapi, hooks) = (
+        format!("{}/auth/o2/token", mock.uri()),
+        mock.uri(),
+        format!("{}/hooks", mock.uri()),
+    );
+    let app = TestApp::spawn_with(|s| {
+        s.lwa_token_url = Some(token_url);
+        s.spapi_url = Some(spapi);
+        s.lwa_client_secret = Some(CLIENT_SECRET.into());
+        s.webhook_url = Some(hooks);
+        s.webhook_secret = Some(WEBHOOK_SECRET.into());
+        s.log = "trace".into();
+    })
+    .await;
+    let all_scopes = [
+        "connections:read",
+        "tokens:issue",
+        "connections:manage",
+        "tenants:admin",
+    ];
+    let admin = app.api_key(None, &all_scopes).await;
+    let client = reqwest::Client::new();
+    // Answers that carry no token (scanned for everything), and those that
+    // carry one by design (scanned for everything else).
+    let mut answers: Vec<String> = Vec::new();
+    let mut token_answers: Vec<String> = Vec::new();
+    let v1 = |p: &str| app.url(p);
+
+    let status = record(
+        &mut answers,
+        client
+            .post(v1("/v1/tenants"))
+            .bearer_auth(&admin)
+            .json(&json!({"slug": "acme", "name": "Acme <b>Ltd</b>"})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let key = app.api_key(Some("acme"), &all_scopes[..3]).await;
+    let bad_key = format!("spb_{}_CANARYBADKEYSECRET0123", "a1b2c3d4");
+    let id = app
+        .seed_connection(
+            "acme",
+            "A1EVERY",
+            REFRESH,
+            "Atza|seeded",
+            time::Duration::seconds(100),
+        )
+        .await;
+    let link: serde_json::Value = client
+        .post(v1("/v1/tenants/acme/login-links"))
+        .bearer_auth(&admin)
+        .json(&json!({"user_id": "user-every", "email": "every@example.com"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let login_url = link["url"].as_str().unwrap().to_owned();
+    let login_token = login_url.rsplit('/').next().unwrap().to_owned();
+    for path in [
+        "/v1/tenants".to_owned(),
+        "/v1/tenants/acme/connections".to_owned(),
+        format!("/v1/connections/{id}"),
+        "/v1/events".to_owned(),
+        "/v1/ops/summary".to_owned(),
+        "/v1/app/status".to_owned(),
+        "/v1/no-such-route".to_owned(),
+    ] {
+        record(&mut answers, client.get(v1(&path)).bearer_auth(&admin)).await;
+    }
+    record(
+        &mut answers,
+        client.get(v1("/v1/tenants")).bearer_auth(&bad_key),
+    )
+    .await;
+    record(
+        &mut answers,
+        client
+            .post(v1(&format!("/v1/connections/{id}/access-token")))
+            .bearer_auth(&key)
+            .header("content-type", "text/plain")
+            .body(REFRESH),
+    )
+    .await;
+    // Token-bearing answers: the refresh (LWA's canaries), RDT, grantless.
+    for (path, body, bearer) in [
+        (
+            format!("/v1/connections/{id}/access-token"),
+            json!({"min_ttl_seconds": 600}),
+            &key,
+        ),
+        (
+            format!("/v1/connections/{id}/restricted-data-token"),
+            json!({"restricted_resources": [{"method": "GET", "path": "/orders/v0/orders"}]}),
+            &key,
+        ),
+        (
+            "/v1/grantless-token".to_owned(),
+            json!({"scope": "sellingpartnerapi::notifications"}),
+            &admin,
+        ),
+    ] {
+        let status = record(
+            &mut token_answers,
+            client.post(v1(&path)).bearer_auth(bearer).json(&body),
+        )
+        .await;
+        assert_eq!(status, 200, "{path}: {:?}", token_answers.last());
+    }
+    // The LWA-compatible endpoint: a good refresh and a bad secret.
+    let lwa_form = |secret: &str| {
+        client.post(v1("/auth/o2/token")).form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &id.to_string()),
+            ("client_id", "sdk"),
+            ("client_secret", secret),
+        ])
+    };
+    assert_eq!(record(&mut token_answers, lwa_form(&key)).await, 200);
+    assert_eq!(record(&mut answers, lwa_form(&bad_key)).await, 401);
+    // The seller's and the operator's pages, the probes, sign-out.
+    let seller = app.browser();
+    assert_eq!(record(&mut answers, seller.get(&login_url)).await, 303);
+    assert_eq!(
+        record(&mut answers, seller.get(app.url("/settings/connections"))).await,
+        200
+    );
+    let operator = crate::ops_dashboard::operator(&app).await;
+    for path in [
+        "/ops".to_owned(),
+        "/ops?q=A1EVERY&health=all&tenant=acme".to_owned(),
+        format!("/ops/connections/{id}"),
+    ] {
+        assert_eq!(
+            record(&mut answers, operator.get(app.url(&path))).await,
+            200,
+            "{path}"
+        );
+    }
+    for path in ["/metrics", "/openapi.json", "/healthz", "/readyz"] {
+        record(&mut answers, client.get(app.url(path))).await;
+    }
+    // The end of the connection, and the events it all made, delivered.
+    assert_eq!(
+        record(
+            &mut answers,
+            client
+                .delete(v1(&format!("/v1/connections/{id}")))
+                .bearer_auth(&key)
+        )
+        .await,
+        204
+    );
+    let page = seller
+        .get(app.url("/settings/connections"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = extract_attr(&page, "name=\"csrf_token\" value=\"").unwrap();
+    assert_eq!(
+        record(
+            &mut answers,
+            seller
+                .post(app.url("/logout"))
+                .form(&[("csrf_token", csrf.as_str())])
+        )
+        .await,
+        303
+    );
+    let webhooks = app.services.webhooks.clone().unwrap();
+    while webhooks.deliver_due().await.unwrap().delivered > 0 {}
+    let webhook_bodies: Vec<String> = mock
+        .received_requests()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.url.path() == "/hooks")
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect();
+    assert!(
+        webhook_bodies
+            .iter()
+            .any(|b| b.contains("connection.disconnected")),
+        "the events were delivered: {webhook_bodies:?}"
+    );
+
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let log = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    for route in [
+        "/v1/connections/{id}/access-token",
+        "/auth/o2/token",
+        "/ops",
+        "/logout",
+    ] {
+        assert!(log.contains(route), "{route} was logged");
+    }
+    let dump = app.database_dump().await;
+    assert!(dump.contains("A1EVERY"), "a real dump");
+    let pg_dump = pg_dump(&app).await;
+
+    let tokens = [REFRESH, ACCESS, RDT, GRANTLESS];
+    let mut secrets: Vec<(&str, String)> = vec![
+        ("client secret", CLIENT_SECRET.to_owned()),
+        ("webhook secret", WEBHOOK_SECRET.to_owned()),
+        ("encryption key", KEY_BASE64.to_owned()),
+        ("admin API key", key_secret_part(&admin)),
+        ("tenant API key", key_secret_part(&key)),
+        ("refused API key", key_secret_part(&bad_key)),
+        ("login token", login_token),
+    ];
+    secrets.extend(tokens.iter().map(|t| ("token", (*t).to_owned())));
+    for (name, secret) in &secrets {
+        assert_absent(&log, secret, name, "the log");
+        assert_absent(&dump, secret, name, "the database");
+        if let Some(pg_dump) = &pg_dump {
+            assert_absent(pg_dump, secret, name, "pg_dump");
+        }
+        for body in &webhook_bodies {
+            assert_absent(body, secret, name, "a webhook body");
+        }
+        if !name.contains("login token") {
+            for answer in &answers {
+                assert_absent(answer, secret, name, "an answer");
+            }
+        }
+    }
+    // A token-bearing answer carries its own token and nothing else secret.
+    for answer in &token_answers {
+        for (name, secret) in secrets.iter().filter(|(n, _)| *n != "token") {
+            assert_absent(answer, secret, name, "a token answer");
+        }
+    }
+}

@@ -151,3 +151,25 @@ async fn values_on_the_ops_pages_are_escaped() {
         "the values are shown, escaped"
     );
 }
+
+#[tokio::test]
+async fn values_on_the_sandbox_home_page_are_escaped() {
+    let app = TestApp::spawn().await;
+    let home = app.browser().get(app.url("/sandbox")).send().await.unwrap();
+    assert_eq!(home.status(), 200);
+    for value in CORPUS {
+        // Its message names the seller revoked, as the form sent it.
+        let response = app
+            .browser()
+            .post(app.url("/sandbox/revoke"))
+            .header("origin", &app.base)
+            .form(&[("selling_partner_id", *value)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let page = response.text().await.unwrap();
+        assert!(page.contains("Revoked 0 authorization(s) of"), "{page}");
+        assert_escaped(&page, value);
+    }
+}

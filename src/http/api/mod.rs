@@ -323,6 +323,8 @@ pub fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
                 .next()
                 .unwrap_or("invalid body")
                 .to_owned()
+        } else if inner.to_string().starts_with("unknown field") {
+            format!("`{path}` is not a field of this request")
         } else {
             format!("`{path}` is missing or of the wrong type")
         };
