@@ -232,3 +232,75 @@ async fn an_expiring_authorization_is_announced_at_30_and_7_days_once_each_and_a
     app.services.sweep.pass().await.unwrap();
     assert_eq!(expiring(event_types(&app).await), 3);
 }
+
+#[tokio::test]
+async fn a_shutdown_stops_the_sweep_at_a_batch_boundary_with_every_claimed_connection_refreshed() {
+    // Amazon takes 400 ms a refresh; the pacer allows 4 a second: a batch
+    // (2 s of the rate) is still in flight when the shutdown comes.
+    let lwa = lwa_answering_refresh(
+        lwa_tokens("Atza|swept", "Atzr|r", 3600).set_delay(Duration::from_millis(400)),
+    )
+    .await;
+    let url = lwa_url(&lwa);
+    let app = TestApp::spawn_with(move |s| {
+        s.lwa_token_url = Some(url);
+        s.sweep_interval_seconds = "1".into();
+        s.sweep_rate = "4".into();
+    })
+    .await;
+    for i in 0..30 {
+        app.seed_connection(
+            "acme",
+            &format!("A1STOP{i}"),
+            "Atzr|r",
+            "Atza|a",
+            secs(3600),
+        )
+        .await;
+    }
+    let seeded_at = app.now();
+    app.clock.advance(secs(A_DAY_AND_A_BIT));
+    let started = Instant::now();
+    while refresh_requests(&lwa).await == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the sweep never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let db = Arc::clone(&app.db);
+    drop(app); // the shutdown signal
+
+    // Wait until Amazon hears nothing more for a while.
+    let mut heard = refresh_requests(&lwa).await;
+    loop {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let now = refresh_requests(&lwa).await;
+        if now == heard {
+            break;
+        }
+        heard = now;
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the sweep never stopped"
+        );
+    }
+    let (claimed, refreshed): (i64, i64) = sqlx::query_as(
+        "select count(*) filter (where sweep_claimed_until is not null),
+                count(*) filter (where last_refresh_at > $1)
+         from connection",
+    )
+    .bind(seeded_at)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(
+        claimed > 0 && claimed < 30,
+        "stopped before the pass ended: {claimed} claimed"
+    );
+    assert_eq!(
+        (claimed, refreshed, heard as i64),
+        (claimed, claimed, claimed),
+        "every connection claimed was refreshed, once, and no other"
+    );
+}
