@@ -5,7 +5,7 @@
 # Prints each target's executions; exits non-zero on the first finding, whose
 # input libFuzzer leaves under fuzz/artifacts/<target>/.
 #   bash fuzz/run.sh          # CI's bounded run
-#   bash fuzz/run.sh 1800     # the long run of README "Fuzzing"
+#   bash fuzz/run.sh 240      # the long run (README, "Hostile clients and faults")
 set -euo pipefail
 cd "$(dirname "$0")"
 seconds="${1:-20}"

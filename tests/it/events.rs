@@ -8,7 +8,7 @@ use crate::token_support::*;
 use axum::http::{HeaderMap, StatusCode};
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
-use serde_json::Value;
+use serde_json::{json, Value};
 use sha2::Sha256;
 use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
@@ -473,4 +473,60 @@ async fn two_instances_delivering_at_once_never_make_the_same_attempt() {
             .await
             .unwrap();
     assert_eq!(pending, 0);
+}
+
+/// Standard Webhooks' reference library for Python, from PyPI.
+const STANDARD_WEBHOOKS: &str = "standardwebhooks==1.1.0";
+
+#[tokio::test]
+async fn a_published_standard_webhooks_library_verifies_every_delivery_under_each_secret() {
+    let Some(venv) = tokio::task::spawn_blocking(|| {
+        crate::python_support::venv_with("webhooks-venv", &[STANDARD_WEBHOOKS])
+    })
+    .await
+    .unwrap() else {
+        return;
+    };
+    let hooks = receiver(vec![]).await;
+    let app = app_delivering_to(&hooks.url).await;
+    let key = app.api_key(None, &["connections:manage"]).await;
+    let id = app
+        .seed_connection("acme", "A1VERIFY", "Atzr|r", "Atza|a", secs(3600))
+        .await;
+    let gone = call(
+        &reqwest::Client::new(),
+        reqwest::Method::DELETE,
+        &app.url(&format!("/v1/connections/{id}")),
+        Some(&key),
+        None,
+    )
+    .await;
+    assert_eq!(gone.status, 204, "{gone:?}");
+    deliver_until(&app, &hooks, 2).await;
+    let deliveries: Vec<Value> = hooks
+        .deliveries()
+        .iter()
+        .map(|d| json!({"id": d.id, "timestamp": d.timestamp, "signature": d.signature, "body": d.body}))
+        .collect();
+    let file = std::env::temp_dir().join(format!("spb-deliveries-{}.json", uuid::Uuid::new_v4()));
+    std::fs::write(&file, serde_json::to_vec(&deliveries).unwrap()).unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/webhooks/verify.py");
+    let out = std::process::Command::new(venv.join("bin/python"))
+        .arg(script)
+        .arg(&file)
+        .args([SECRET, OLDER_SECRET])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&file);
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let n = deliveries.len();
+    assert_eq!(
+        printed.trim(),
+        format!("verified {} refused {}", n * 2, n * 2 * 3)
+    );
 }

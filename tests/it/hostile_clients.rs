@@ -306,3 +306,106 @@ async fn x_forwarded_for_from_an_untrusted_peer_does_not_move_the_throttle() {
         .unwrap();
     assert_eq!(answer.status(), 429);
 }
+
+#[tokio::test]
+async fn a_request_whose_body_trickles_in_is_answered_408_at_the_30_s_deadline() {
+    let app = TestApp::spawn().await;
+    let key = app.api_key(None, &["tenants:admin"]).await;
+    let mut stream = TcpStream::connect(host_port(&app)).await.unwrap();
+    let started = Instant::now();
+    stream
+        .write_all(
+            format!(
+                "POST /v1/tenants HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+                 Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    // One byte every 2 s: never idle long enough for a read timeout.
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        tokio::select! {
+            read = stream.read(&mut buffer) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buffer[..n]),
+            },
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {
+                let _ = stream.write_all(b" ").await;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "no answer by 40 s"
+        );
+    }
+    let answered = started.elapsed();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("application/problem+json"), "{answer}");
+    assert!(
+        (Duration::from_secs(29)..Duration::from_secs(33)).contains(&answered),
+        "answered after {answered:?}"
+    );
+    assert!(app.find_tenant("x").await.is_none());
+    println!("a trickled body was answered 408 after {answered:?}");
+}
+
+#[tokio::test]
+async fn beyond_the_connection_cap_a_connection_waits_until_one_closes() {
+    use sp_broker::http::listener::{serve, Limits};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let router = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(serve(
+        listener,
+        router,
+        Limits { max_connections: 2 },
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    let answered_within = |mut stream: TcpStream, wait: Duration| async move {
+        stream.write_all(request).await.unwrap();
+        let mut buffer = [0u8; 256];
+        let answered = matches!(
+            tokio::time::timeout(wait, stream.read(&mut buffer)).await,
+            Ok(Ok(n)) if n > 0 && buffer.starts_with(b"HTTP/1.1 200")
+        );
+        (answered, stream)
+    };
+    let (first, a) = answered_within(
+        TcpStream::connect(address).await.unwrap(),
+        Duration::from_secs(2),
+    )
+    .await;
+    let (second, b) = answered_within(
+        TcpStream::connect(address).await.unwrap(),
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(first && second, "two connections are served");
+    // A third waits in the backlog while both stay open...
+    let mut third = TcpStream::connect(address).await.unwrap();
+    third.write_all(request).await.unwrap();
+    let mut buffer = [0u8; 256];
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), third.read(&mut buffer))
+            .await
+            .is_err(),
+        "a third connection was served beyond the cap"
+    );
+    // ...and is served once one of them closes.
+    drop(a);
+    let read = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buffer)).await;
+    assert!(
+        matches!(read, Ok(Ok(n)) if n > 0 && buffer.starts_with(b"HTTP/1.1 200")),
+        "{read:?}"
+    );
+    drop(b);
+    let _ = stop.send(());
+}

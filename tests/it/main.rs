@@ -23,6 +23,7 @@ mod lwa_compat;
 mod metrics;
 mod multi_instance;
 mod ops_dashboard;
+mod python_support;
 mod reconnect_disconnect;
 mod refresh_engine;
 mod refresh_races;

@@ -13,53 +13,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use crate::common::*;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 const SCHEMATHESIS: &str = "schemathesis==4.32.5";
 
-fn is_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
-}
-
 fn schemathesis() -> Option<PathBuf> {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/schemathesis-venv");
-    let cli = venv.join("bin/schemathesis");
-    let installed = || {
-        Command::new(venv.join("bin/python"))
-            .args([
-                "-c",
-                "import importlib.metadata as m; assert m.version('schemathesis') == '4.32.5'",
-            ])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if cli.exists() && installed() {
-        return Some(cli);
-    }
-    let made = Command::new("python3")
-        .args(["-m", "venv", "--clear"])
-        .arg(&venv)
-        .status()
-        .is_ok_and(|s| s.success());
-    let pip = made
-        && Command::new(venv.join("bin/pip"))
-            .args([
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                SCHEMATHESIS,
-            ])
-            .status()
-            .is_ok_and(|s| s.success());
-    if pip && installed() {
-        return Some(cli);
-    }
-    if is_ci() {
-        panic!("CI=true and `pip install {SCHEMATHESIS}` into target/schemathesis-venv failed");
-    }
-    eprintln!("SKIPPED: schemathesis could not be installed (python3-venv, PyPI)");
-    None
+    crate::python_support::venv_with("schemathesis-venv", &[SCHEMATHESIS])
+        .map(|venv| venv.join("bin/schemathesis"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,58 +21,10 @@ const AMZN_SP_API: &str = "amzn-sp-api==1.13.0";
 const PYTHON_AMAZON_SP_API: &str = "python-amazon-sp-api==2.1.35";
 const SELLER: &str = "A1SDKSELLER";
 
-fn is_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
-}
-
-fn skip_or_fail(message: &str) -> Option<PathBuf> {
-    if is_ci() {
-        panic!("CI=true and {message}");
-    }
-    eprintln!("SKIPPED: {message}");
-    None
-}
-
-/// `target/sdk-venv/bin/python` with the SDK installed, made if missing.
+/// `target/sdk-venv/bin/python` with both SDKs installed.
 fn sdk_python() -> Option<PathBuf> {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/sdk-venv");
-    let python = venv.join("bin/python");
-    let installed = |python: &Path| {
-        Command::new(python)
-            .args([
-                "-c",
-                "import spapi, sp_api, importlib.metadata as m; \
-                 assert m.version('amzn-sp-api') == '1.13.0'; \
-                 assert m.version('python-amazon-sp-api') == '2.1.35'",
-            ])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if python.exists() && installed(&python) {
-        return Some(python);
-    }
-    let made = Command::new("python3")
-        .args(["-m", "venv", "--clear"])
-        .arg(&venv)
-        .status();
-    if !made.is_ok_and(|s| s.success()) {
-        return skip_or_fail("`python3 -m venv` failed (Debian: apt-get install python3-venv)");
-    }
-    let pip = Command::new(venv.join("bin/pip"))
-        .args([
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            AMZN_SP_API,
-            PYTHON_AMAZON_SP_API,
-        ])
-        .status();
-    if !pip.is_ok_and(|s| s.success()) || !installed(&python) {
-        return skip_or_fail(&format!(
-            "`pip install {AMZN_SP_API} {PYTHON_AMAZON_SP_API}` failed (no PyPI?)"
-        ));
-    }
-    Some(python)
+    crate::python_support::venv_with("sdk-venv", &[AMZN_SP_API, PYTHON_AMAZON_SP_API])
+        .map(|venv| venv.join("bin/python"))
 }
 
 #[tokio::test]
