@@ -693,10 +693,9 @@ async fn no_lwa_compatible_answer_or_log_line_holds_a_key_or_a_token() {
         .await;
 }
 
-/// SDK-style requests to `POST /auth/o2/token`, good and bad, at `trace`.
-async fn lwa_compatible_flow(logs: Arc<Mutex<Vec<u8>>>) {
-    const CACHED: &str = "Atza|CANARY-CACHED-FOR-SDK-3e7a";
-    const GRANTLESS: &str = "Atc|CANARY-GRANTLESS-8d2f";
+/// LWA played by wiremock: refreshes answered with the canary tokens,
+/// client-credentials grants with `grantless`.
+async fn lwa_issuing_canaries(grantless: &str) -> wiremock::MockServer {
     let mock = wiremock::MockServer::start().await;
     Mock::given(method("POST"))
         .and(path("/auth/o2/token"))
@@ -711,10 +710,19 @@ async fn lwa_compatible_flow(logs: Arc<Mutex<Vec<u8>>>) {
         .and(path("/auth/o2/token"))
         .and(body_string_contains("grant_type=client_credentials"))
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "access_token": GRANTLESS, "token_type": "bearer", "expires_in": 3600,
+            "access_token": grantless, "token_type": "bearer", "expires_in": 3600,
+            "scope": "sellingpartnerapi::notifications",
         })))
         .mount(&mock)
         .await;
+    mock
+}
+
+/// SDK-style requests to `POST /auth/o2/token`, good and bad, at `trace`.
+async fn lwa_compatible_flow(logs: Arc<Mutex<Vec<u8>>>) {
+    const CACHED: &str = "Atza|CANARY-CACHED-FOR-SDK-3e7a";
+    const GRANTLESS: &str = "Atc|CANARY-GRANTLESS-8d2f";
+    let mock = lwa_issuing_canaries(GRANTLESS).await;
     let url = format!("{}/auth/o2/token", mock.uri());
     let app = TestApp::spawn_with(|s| {
         s.lwa_token_url = Some(url);
@@ -1033,25 +1041,7 @@ fn key_secret_part(key: &str) -> String {
 async fn every_route_flow(logs: Arc<Mutex<Vec<u8>>>) {
     const RDT: &str = "Atz.sprdt|CANARY-RDT-71c3e5";
     const GRANTLESS: &str = "Atza|CANARY-GRANTLESS-4d8a2f";
-    let mock = wiremock::MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/auth/o2/token"))
-        .and(body_string_contains("grant_type=refresh_token"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "access_token": ACCESS, "refresh_token": REFRESH,
-            "token_type": "bearer", "expires_in": 3600,
-        })))
-        .mount(&mock)
-        .await;
-    Mock::given(method("POST"))
-        .and(path("/auth/o2/token"))
-        .and(body_string_contains("grant_type=client_credentials"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "access_token": GRANTLESS, "token_type": "bearer", "expires_in": 3600,
-            "scope": "sellingpartnerapi::notifications",
-        })))
-        .mount(&mock)
-        .await;
+    let mock = lwa_issuing_canaries(GRANTLESS).await;
     Mock::given(method("POST"))
         .and(path("/tokens/2021-03-01/restrictedDataToken"))
         .respond_with(
