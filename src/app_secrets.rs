@@ -125,6 +125,15 @@ pub enum Notification {
 }
 
 impl Notification {
+    /// The LWA client id it is for (`None` for a type not acted on).
+    pub fn client_id(&self) -> Option<&str> {
+        match self {
+            Notification::NewSecret { client_id, .. }
+            | Notification::SecretExpiry { client_id, .. } => Some(client_id),
+            Notification::Other { .. } => None,
+        }
+    }
+
     pub fn parse(body: &[u8]) -> Result<Notification, NotificationError> {
         let envelope: Envelope = serde_json::from_slice(body).map_err(|_| {
             NotificationError::Malformed(
@@ -204,17 +213,21 @@ pub async fn receive(
     credentials: &AppCredentials,
     body: &[u8],
 ) -> Result<Received, NotificationError> {
-    match Notification::parse(body)? {
+    let notification = Notification::parse(body)?;
+    if notification
+        .client_id()
+        .is_some_and(|id| id != credentials.client_id())
+    {
+        return Err(NotificationError::OtherClient);
+    }
+    match notification {
         Notification::NewSecret {
-            client_id,
             secret,
             new_expiry,
             old_expiry,
             notification_id,
+            ..
         } => {
-            if client_id != credentials.client_id() {
-                return Err(NotificationError::OtherClient);
-            }
             store_new_secret(
                 credentials,
                 &secret,
@@ -225,14 +238,11 @@ pub async fn receive(
             .await
         }
         Notification::SecretExpiry {
-            client_id,
             expires_at,
             reason,
             notification_id,
+            ..
         } => {
-            if client_id != credentials.client_id() {
-                return Err(NotificationError::OtherClient);
-            }
             record_expiry(
                 credentials,
                 expires_at,
